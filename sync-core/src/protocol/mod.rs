@@ -1,0 +1,7 @@
+//! The automerge-repo wire protocol, version "1", sans-IO.
+
+pub mod codec;
+pub mod message;
+
+pub use codec::{DecodeError, decode, encode};
+pub use message::{Limits, Message, PROTOCOL_V1, PeerMetadata, RemoteHeads};
