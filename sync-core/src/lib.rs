@@ -7,7 +7,12 @@
 //! source: time and identifiers come in as arguments. Only [`storage`]
 //! touches files (SQLite).
 
+pub mod access;
 pub mod ids;
+pub mod model;
+pub mod policy;
 pub mod protocol;
+pub mod storage;
+pub mod template;
 
 pub use ids::{AutomergeUrl, DocumentId, IdError};

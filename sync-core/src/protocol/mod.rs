@@ -1,6 +1,7 @@
 //! The automerge-repo wire protocol, version "1", sans-IO.
 
 pub mod codec;
+pub mod hub;
 pub mod message;
 
 pub use codec::{DecodeError, decode, encode};
