@@ -4,9 +4,16 @@
 #![allow(clippy::unwrap_used)]
 
 mod auth;
+mod blobs;
 mod cli;
+mod durability;
+mod field;
 mod import;
 mod lifecycle;
+mod peer;
 mod storage;
+mod sync_access;
+mod sync_bad_input;
+mod sync_js;
 mod templates;
 mod units;

@@ -10,6 +10,11 @@ pub fn now() -> Timestamp {
     Timestamp::now()
 }
 
+/// Milliseconds since the Unix epoch (what documents store).
+pub fn now_millis() -> i64 {
+    now().as_millisecond()
+}
+
 /// `2025-07-01T08:30:00Z`: whole seconds, UTC, sortable as text.
 pub fn rfc3339(ts: Timestamp) -> String {
     ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()

@@ -307,6 +307,39 @@ pub fn login_summary(accounts: &[DemoAccount]) -> String {
     out
 }
 
+/// Schedules the demo's inspections, once (when a demo database has none):
+/// one per unit of [`DEMO_INSPECTION_UNITS`], alternating teams A and B,
+/// a week apart in the autumn of 2025.
+pub async fn schedule_inspections(state: &crate::AppState) -> Result<(), crate::error::ApiError> {
+    let existing: i64 = state
+        .db
+        .read(|c| {
+            c.query_row("SELECT COUNT(*) FROM inspections", [], |r| r.get(0))
+                .map_err(crate::error::ApiError::internal)
+        })
+        .await?;
+    if existing > 0 {
+        return Ok(());
+    }
+    for (i, unit) in DEMO_INSPECTION_UNITS.iter().enumerate() {
+        let team = if i % 2 == 0 { DEMO_TEAM_A } else { DEMO_TEAM_B };
+        // Mondays a week apart from 06/10/2025.
+        let date = jiff::civil::date(2025, 10, 6)
+            .checked_add(jiff::Span::new().days(7 * i64::try_from(i).unwrap_or(0)))
+            .map_err(crate::error::ApiError::internal)?;
+        let req = crate::inspections::ScheduleRequest {
+            unit_code: (*unit).to_owned(),
+            template_id: "DA06-HN-2025-v1".to_owned(),
+            template_version: 1,
+            team: team.to_owned(),
+            date: date.to_string(),
+            lead: None,
+        };
+        crate::inspections::schedule(state, req, None).await?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

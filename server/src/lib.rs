@@ -18,13 +18,17 @@
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod blobs;
 pub mod cli;
 pub mod clock;
 pub mod db;
 pub mod demo;
 pub mod error;
+pub mod inspections;
+pub mod projection;
 pub mod reference;
 pub mod settings;
+pub mod sync;
 pub mod telemetry;
 pub mod templates;
 pub mod users;
@@ -54,6 +58,10 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub db: Db,
     pub auth: Arc<Auth>,
+    /// The `/sync` hub thread; every document write goes through it.
+    pub sync: sync::SyncService,
+    /// Photo uploads (tus), the blob store and the image pipeline.
+    pub blobs: blobs::BlobService,
 }
 
 impl FromRef<AppState> for Arc<Auth> {
@@ -122,21 +130,49 @@ pub async fn start(settings: Settings) -> Result<(AppState, Prepared), StartErro
         Ok(p) => p,
         Err(e) => return Err(close_after(&db, e.into()).await),
     };
+    let templates = match db.read(inspections::load_templates).await {
+        Ok(t) => t,
+        Err(e) => return Err(close_after(&db, e.into()).await),
+    };
+    let sync = match sync::SyncService::start(db.clone(), db.path().to_path_buf(), templates, &settings.sync) {
+        Ok(s) => s,
+        Err(e) => return Err(close_after(&db, StartError::Task(e.to_string())).await),
+    };
+    let blobs = match blobs::BlobService::open(&settings) {
+        Ok(b) => b,
+        Err(e) => {
+            let err = StartError::DataDir {
+                path: e.path,
+                source: e.source,
+            };
+            return Err(close_after(&db, err).await);
+        }
+    };
+    let state = AppState {
+        settings: Arc::new(settings),
+        db: db.clone(),
+        auth,
+        sync,
+        blobs,
+    };
+    if let Err(e) = inspections::ensure_catalog(&state.db, &state.sync).await {
+        return Err(close_after(&db, StartError::Task(format!("catalog document: {e}"))).await);
+    }
+    if !matches!(prepared, demo::Prepared::Standard)
+        && let Err(e) = demo::schedule_inspections(&state).await
+    {
+        return Err(close_after(&db, StartError::Task(format!("demo inspections: {e}"))).await);
+    }
+    // Expired uploads are swept until the database closes.
+    state.blobs.spawn_cleanup(state.db.clone());
     tracing::info!(
         db = %db.path().display(),
         schema = db.schema_version(),
-        kid = auth.tokens.keys().active_kid(),
-        demo = settings.demo,
+        kid = state.auth.tokens.keys().active_kid(),
+        demo = state.settings.demo,
         "data folder ready"
     );
-    Ok((
-        AppState {
-            settings: Arc::new(settings),
-            db,
-            auth,
-        },
-        prepared,
-    ))
+    Ok((state, prepared))
 }
 
 /// Opens the database named by `settings` on a blocking thread.
@@ -158,6 +194,7 @@ async fn close_after(db: &Db, err: StartError) -> StartError {
 /// The HTTP application.
 pub fn app(state: AppState) -> Router {
     let api = Router::new()
+        .merge(blobs::routes())
         .route("/health", get(api::health))
         .route("/version", get(api::version))
         .route("/auth/login", post(api::login))
@@ -166,8 +203,15 @@ pub fn app(state: AppState) -> Router {
         .route("/me", get(api::me))
         .route("/units", get(api::units))
         .route("/templates", get(api::templates))
-        .route("/templates/{template_id}/{version}", get(api::template));
+        .route("/templates/{template_id}/{version}", get(api::template))
+        .route("/me/documents", get(inspections::my_documents))
+        .route(
+            "/inspections",
+            get(inspections::list).post(inspections::create),
+        )
+        .route("/inspections/{id}", get(inspections::get));
     Router::new()
+        .route("/sync", get(sync::sync_ws))
         .nest("/api/v1", api)
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)

@@ -48,6 +48,74 @@ pub struct Settings {
     pub server: ServerSettings,
     pub db: DbSettings,
     pub auth: AuthSettings,
+    pub sync: SyncSettings,
+    pub blobs: BlobSettings,
+}
+
+/// The `/sync` WebSocket.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SyncSettings {
+    /// Largest WebSocket message (and frame) accepted, in bytes. Documents
+    /// travel whole in one message on first sync, so keep this generous.
+    pub max_message_bytes: usize,
+    /// Sync messages about one document that change nothing before the
+    /// exchange is cut as not converging.
+    pub max_rounds_without_progress: u32,
+}
+
+impl Default for SyncSettings {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 64 * 1024 * 1024,
+            max_rounds_without_progress: 32,
+        }
+    }
+}
+
+/// Photos and evidence: tus uploads, the blob store, the image pipeline.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BlobSettings {
+    /// Folder of the content-addressed store; defaults to `<data_dir>/blobs`.
+    /// Unfinished uploads always live in `<data_dir>/uploads`.
+    pub dir: Option<PathBuf>,
+    /// Largest accepted upload (`Tus-Max-Size`), in bytes.
+    pub max_upload_bytes: u64,
+    /// Seconds an unfinished upload lives after its last byte arrived.
+    pub upload_expiry_secs: u64,
+    /// Seconds between sweeps that delete expired uploads.
+    pub cleanup_interval_secs: u64,
+    /// A `PATCH` that receives nothing for this long is ended (what arrived
+    /// is kept), so a dead connection cannot hold an upload.
+    pub patch_idle_timeout_secs: u64,
+    /// Largest width or height of an accepted image, in pixels.
+    pub max_image_side: u32,
+    /// Most memory one image decode may allocate, in bytes.
+    pub max_decode_bytes: u64,
+    /// Most images decoded at the same time.
+    pub decode_concurrency: usize,
+    /// Longest side of `?size=thumb`, in pixels.
+    pub thumb_px: u32,
+    /// Longest side of `?size=preview`, in pixels.
+    pub preview_px: u32,
+}
+
+impl Default for BlobSettings {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            max_upload_bytes: 64 * 1024 * 1024,
+            upload_expiry_secs: 24 * 3600,
+            cleanup_interval_secs: 600,
+            patch_idle_timeout_secs: 30,
+            max_image_side: 8192,
+            max_decode_bytes: 320 * 1024 * 1024,
+            decode_concurrency: 2,
+            thumb_px: 256,
+            preview_px: 1280,
+        }
+    }
 }
 
 /// The HTTP listener.
@@ -111,6 +179,8 @@ impl Default for Settings {
             server: ServerSettings::default(),
             db: DbSettings::default(),
             auth: AuthSettings::default(),
+            sync: SyncSettings::default(),
+            blobs: BlobSettings::default(),
         }
     }
 }
@@ -238,6 +308,19 @@ impl Settings {
                 "must be between 1024 bytes and 16 MiB",
             ));
         }
+        if !(64 * 1024..=1024 * 1024 * 1024).contains(&self.sync.max_message_bytes) {
+            return Err(invalid(
+                "sync.max_message_bytes",
+                "must be between 64 KiB and 1 GiB",
+            ));
+        }
+        if !(4..=10_000).contains(&self.sync.max_rounds_without_progress) {
+            return Err(invalid(
+                "sync.max_rounds_without_progress",
+                "must be between 4 and 10000",
+            ));
+        }
+        self.validate_blobs()?;
         if !(1..=64).contains(&self.db.readers) {
             return Err(invalid("db.readers", "must be between 1 and 64"));
         }
@@ -299,6 +382,73 @@ impl Settings {
             }
         }
         Ok(())
+    }
+
+    /// Checks the `[blobs]` section.
+    fn validate_blobs(&self) -> Result<(), SettingsError> {
+        let b = &self.blobs;
+        let checks: [(&'static str, bool, &str); 8] = [
+            (
+                "blobs.max_upload_bytes",
+                (1024..=(4u64 << 30)).contains(&b.max_upload_bytes),
+                "must be between 1 KiB and 4 GiB",
+            ),
+            (
+                "blobs.upload_expiry_secs",
+                (60..=30 * 86_400).contains(&b.upload_expiry_secs),
+                "must be between 60 seconds and 30 days",
+            ),
+            (
+                "blobs.cleanup_interval_secs",
+                (1..=86_400).contains(&b.cleanup_interval_secs),
+                "must be between 1 and 86400 seconds",
+            ),
+            (
+                "blobs.patch_idle_timeout_secs",
+                (1..=3_600).contains(&b.patch_idle_timeout_secs),
+                "must be between 1 and 3600 seconds",
+            ),
+            (
+                "blobs.max_image_side",
+                (64..=65_535).contains(&b.max_image_side),
+                "must be between 64 and 65535 pixels",
+            ),
+            (
+                "blobs.max_decode_bytes",
+                ((16u64 << 20)..=(8u64 << 30)).contains(&b.max_decode_bytes),
+                "must be between 16 MiB and 8 GiB",
+            ),
+            (
+                "blobs.decode_concurrency",
+                (1..=64).contains(&b.decode_concurrency),
+                "must be between 1 and 64",
+            ),
+            (
+                "blobs.thumb_px",
+                (16..=b.preview_px).contains(&b.thumb_px) && b.preview_px <= 8192,
+                "thumb_px must be at least 16 and at most preview_px, and preview_px at most 8192",
+            ),
+        ];
+        match checks.into_iter().find(|(_, ok, _)| !ok) {
+            Some((key, _, message)) => Err(SettingsError::Invalid {
+                key,
+                message: message.to_owned(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// The folder of the content-addressed blob store.
+    pub fn blobs_dir(&self) -> PathBuf {
+        self.blobs
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("blobs"))
+    }
+
+    /// The folder of unfinished uploads.
+    pub fn uploads_dir(&self) -> PathBuf {
+        self.data_dir.join("uploads")
     }
 
     /// The database file.

@@ -49,10 +49,8 @@ fn header_str(doc: &Automerge, section: &str, key: &str) -> Option<String> {
         .ok()
         .flatten()
         .filter(|(v, _)| matches!(v, Value::Object(ObjType::Map)))?;
-    match doc.get(&obj, key).ok().flatten()? {
-        (Value::Scalar(s), _) => s.as_str().map(str::to_owned),
-        _ => None,
-    }
+    let (v, id) = doc.get(&obj, key).ok().flatten()?;
+    model::string_at(doc, &v, &id)
 }
 
 fn is_member(doc: &Automerge, user_id: &str) -> bool {
@@ -93,7 +91,7 @@ impl DocumentRules {
                         .get(ROOT, "user_id")
                         .ok()
                         .flatten()
-                        .and_then(|(v, _)| v.as_str().map(str::to_owned))
+                        .and_then(|(v, id)| model::string_at(doc, &v, &id))
                         .is_some_and(|u| u == who.user_id)
             }
             DocKind::Inspection => match who.role {

@@ -14,6 +14,8 @@ const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("../../migrations/0002_reference_data.sql")),
     M::up(include_str!("../../migrations/0003_audit_log.sql")),
     M::up(include_str!("../../migrations/0004_templates.sql")),
+    M::up(include_str!("../../migrations/0005_documents.sql")),
+    M::up(include_str!("../../migrations/0006_blobs.sql")),
 ];
 
 /// The server's migrations.

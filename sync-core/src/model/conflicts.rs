@@ -11,7 +11,6 @@ use automerge::{ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value};
 use serde_json::json;
 
 use super::inspection::{Answer, set_answer};
-use super::read::as_str;
 use super::{DocKind, ModelError, kind_of};
 
 /// Nesting depth beyond which a value is rendered as `null`; schema values
@@ -187,7 +186,7 @@ fn push(
 
 fn by_of(doc: &impl ReadDoc, obj: &ObjId) -> Option<String> {
     match doc.get(obj, "by") {
-        Ok(Some((v, _))) => as_str(&v).map(str::to_owned),
+        Ok(Some((v, id))) => super::read::string_at(doc, &v, &id),
         _ => None,
     }
 }

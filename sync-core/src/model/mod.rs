@@ -51,6 +51,7 @@ pub use inspection::{
     set_answer, set_member, set_scheduled_date, splice_finding_note, submit, update_finding_item,
     update_finding_severity, update_finding_title,
 };
+pub use read::string_at;
 pub use validate::{ValidationError, validate};
 
 /// The schema version this code writes and the newest it reads.
@@ -151,8 +152,8 @@ fn summarize(errors: &[ValidationError]) -> String {
 pub fn kind_of(doc: &impl ReadDoc) -> Result<DocKind, ModelError> {
     match doc.get(ROOT, "kind")? {
         None => Err(ModelError::NoKind),
-        Some((v, _)) => match read::as_str(&v) {
-            Some(s) => DocKind::parse(s).ok_or_else(|| ModelError::UnknownKind(s.to_owned())),
+        Some((v, id)) => match read::string_at(doc, &v, &id) {
+            Some(s) => DocKind::parse(&s).ok_or(ModelError::UnknownKind(s)),
             None => Err(ModelError::UnknownKind(format!("<{}>", read::describe(&v)))),
         },
     }

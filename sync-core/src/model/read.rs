@@ -9,6 +9,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use std::borrow::Cow;
+
 use automerge::{ObjId, ObjType, ReadDoc, ScalarValue, Value};
 
 use super::ValidationError;
@@ -52,6 +54,16 @@ pub(crate) fn describe(v: &Value<'_>) -> &'static str {
 }
 
 /// The string inside a scalar string value.
+/// The string held at a key, whether it is a scalar string or a `Text`
+/// object. Automerge 3 (JavaScript) writes every assigned string as `Text`
+/// unless told otherwise, so every string field of the schema accepts both.
+pub fn string_at(doc: &impl ReadDoc, v: &Value<'_>, id: &ObjId) -> Option<String> {
+    match v {
+        Value::Object(ObjType::Text) => doc.text(id).ok(),
+        other => as_str(other).map(str::to_owned),
+    }
+}
+
 pub(crate) fn as_str<'v>(v: &'v Value<'_>) -> Option<&'v str> {
     match v {
         Value::Scalar(s) => match s.as_ref() {
@@ -119,7 +131,7 @@ impl<'a, D: ReadDoc> Walk<'a, D> {
     ) -> (Option<Entry<'a>>, Vec<Entry<'a>>) {
         let doc = self.doc;
         let winner = match doc.get(obj, key) {
-            Ok(Some(w)) => w,
+            Ok(Some(w)) => self.text_as_string(w),
             Ok(None) => return (None, Vec::new()),
             Err(e) => {
                 self.error(path, format!("cannot be read: {e}"));
@@ -130,13 +142,29 @@ impl<'a, D: ReadDoc> Walk<'a, D> {
             return (Some(winner), Vec::new());
         }
         let others = match doc.get_all(obj, key) {
-            Ok(all) => all.into_iter().filter(|(_, id)| *id != winner.1).collect(),
+            Ok(all) => all
+                .into_iter()
+                .filter(|(_, id)| *id != winner.1)
+                .map(|e| self.text_as_string(e))
+                .collect(),
             Err(e) => {
                 self.error(path, format!("cannot be read: {e}"));
                 Vec::new()
             }
         };
         (Some(winner), others)
+    }
+
+    /// A `Text` object stands for its string (see [`string_at`]); decoders
+    /// that want collaborative text accept the string form too.
+    fn text_as_string(&self, (v, id): Entry<'a>) -> Entry<'a> {
+        match v {
+            Value::Object(ObjType::Text) => match self.doc.text(&id) {
+                Ok(s) => (Value::Scalar(Cow::Owned(ScalarValue::Str(s.into()))), id),
+                Err(_) => (v, id),
+            },
+            other => (other, id),
+        }
     }
 
     /// Decodes `obj[key]` (and, validating, every concurrent value there).
@@ -230,6 +258,11 @@ impl<'a, D: ReadDoc> Walk<'a, D> {
                     None
                 }
             },
+            // Text objects reach decoders as strings (see `text_as_string`).
+            Value::Scalar(s) if matches!(s.as_ref(), ScalarValue::Str(_)) => {
+                let s = as_str(v).unwrap_or_default().to_owned();
+                self.check_len(s, path, max_chars)
+            }
             other => {
                 self.error(
                     path,

@@ -477,8 +477,8 @@ impl<A: Access> Hub<A> {
         }
     }
 
-    /// Whether every open exchange on `conn` is quiet: nothing in flight and
-    /// both sides at the same heads, for every document linked.
+    /// Whether every open exchange on `conn` is settled: nothing waiting to
+    /// be stored and both sides at the same heads, for every document linked.
     pub fn is_synced(&self, conn: ConnId) -> bool {
         let Some(c) = self.conns.get(&conn) else {
             return false;
@@ -490,8 +490,9 @@ impl<A: Access> Hub<A> {
             let Some(entry) = self.docs.get(id) else {
                 return false;
             };
+            // `in_flight` is not consulted: our last message may be a bare
+            // acknowledgement that the peer has no reason to answer.
             entry.pending.is_empty()
-                && !link.sync.in_flight
                 && link.sync.their_heads.as_deref() == Some(&entry.doc.get_heads()[..])
         })
     }

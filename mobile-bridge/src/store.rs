@@ -1,0 +1,659 @@
+//! The device store: one SQLite file (`device.sqlite3`) and one blob folder
+//! (`blobs/`) inside the store directory.
+//!
+//! The database holds `sync-core`'s document store tables (the automerge
+//! documents, through [`sync_core::storage`]) and the tablet's own tables
+//! (`migrations/`): the device identity and settings, the session and its
+//! tokens, the photo upload queue, per-document sync marks and fetched
+//! templates. With the `sqlcipher` feature the whole file is encrypted with
+//! the passphrase given at open.
+//!
+//! Nothing here ever deletes a document or a change: a session that expires
+//! only clears its tokens.
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+
+use automerge::{Automerge, Change, ChangeHash};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite_migration::{M, Migrations};
+use sync_core::DocumentId;
+use sync_core::storage::{self, CompactionPolicy, StorageLimits};
+
+use crate::error::{FieldError, Result};
+
+/// File name of the database inside the store directory.
+pub const DB_FILE: &str = "device.sqlite3";
+/// Folder of photo bytes inside the store directory.
+pub const BLOB_DIR: &str = "blobs";
+
+const MIGRATIONS: &[M<'static>] = &[M::up(include_str!("../migrations/0001_device.sql"))];
+
+/// The device's migrations (tracked in `user_version`; sync-core's document
+/// tables keep their own version table, so the two never interfere).
+pub fn migrations() -> Migrations<'static> {
+    Migrations::from_slice(MIGRATIONS)
+}
+
+const KEY_DEVICE_ID: &str = "device_id";
+const KEY_ACTOR: &str = "actor";
+
+/// Who this device is: stable for the life of the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceIdentity {
+    /// Sent at login (`device_id`) and as the automerge-repo peer id.
+    pub device_id: String,
+    /// The automerge actor of every change made on this device.
+    pub actor: Vec<u8>,
+}
+
+/// The signed-in user and their tokens.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Session {
+    pub server_url: String,
+    pub username: String,
+    pub user_id: String,
+    pub role: String,
+    pub team_id: Option<String>,
+    pub access_token: Option<String>,
+    pub access_expires_at_ms: Option<i64>,
+    pub refresh_token: Option<String>,
+}
+
+impl std::fmt::Debug for Session {
+    // Tokens are secrets: never in logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("server_url", &self.server_url)
+            .field("username", &self.username)
+            .field("user_id", &self.user_id)
+            .field("role", &self.role)
+            .field("team_id", &self.team_id)
+            .field("has_access_token", &self.access_token.is_some())
+            .field("access_expires_at_ms", &self.access_expires_at_ms)
+            .field("has_refresh_token", &self.refresh_token.is_some())
+            .finish()
+    }
+}
+
+/// One photo of the upload queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PhotoRow {
+    pub sha256: String,
+    pub inspection_id: String,
+    pub mime: String,
+    pub bytes: u64,
+    pub added_at_ms: i64,
+    /// The tus upload resource, once created.
+    pub upload_url: Option<String>,
+    /// Bytes the server confirmed.
+    pub uploaded_offset: u64,
+    pub uploaded_at_ms: Option<i64>,
+    pub last_error: Option<String>,
+}
+
+impl PhotoRow {
+    pub fn is_uploaded(&self) -> bool {
+        self.uploaded_at_ms.is_some()
+    }
+}
+
+/// The store directory: database connection and blob folder.
+#[derive(Debug)]
+pub struct DeviceStore {
+    conn: Connection,
+    dir: PathBuf,
+    limits: StorageLimits,
+    compaction: CompactionPolicy,
+    identity: DeviceIdentity,
+}
+
+impl DeviceStore {
+    /// Opens (creating if needed) the store in `dir`. `passphrase` encrypts
+    /// the database (builds with the `sqlcipher` feature only).
+    pub fn open(dir: &Path, passphrase: Option<&str>) -> Result<Self> {
+        std::fs::create_dir_all(dir.join(BLOB_DIR)).map_err(|e| {
+            FieldError::Storage(format!(
+                "cannot create the store folder {}: {e}; choose a writable folder",
+                dir.display()
+            ))
+        })?;
+        let mut conn = Connection::open(dir.join(DB_FILE))?;
+        apply_key(&conn, passphrase)?;
+        storage::configure_connection(&conn)?;
+        storage::migrate(&conn)?;
+        migrations().to_latest(&mut conn).map_err(|e| {
+            FieldError::Storage(format!(
+                "cannot bring the device tables up to date: {e}; a newer app may have written this store"
+            ))
+        })?;
+        let identity = ensure_identity(&conn)?;
+        Ok(Self {
+            conn,
+            dir: dir.to_path_buf(),
+            limits: StorageLimits::default(),
+            compaction: CompactionPolicy::default(),
+            identity,
+        })
+    }
+
+    pub fn identity(&self) -> &DeviceIdentity {
+        &self.identity
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    // ----- settings ----------------------------------------------------------
+
+    pub fn setting(&self, key: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT value FROM device_settings WHERE key = ?1",
+                [key],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    pub fn set_setting(&self, key: &str, value: &str) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO device_settings (key, value) VALUES (?1, ?2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+
+    // ----- session -----------------------------------------------------------
+
+    pub fn session(&self) -> Result<Option<Session>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT server_url, username, user_id, role, team_id, access_token,
+                        access_expires_at_ms, refresh_token
+                 FROM device_session WHERE id = 1",
+                [],
+                |r| {
+                    Ok(Session {
+                        server_url: r.get(0)?,
+                        username: r.get(1)?,
+                        user_id: r.get(2)?,
+                        role: r.get(3)?,
+                        team_id: r.get(4)?,
+                        access_token: r.get(5)?,
+                        access_expires_at_ms: r.get(6)?,
+                        refresh_token: r.get(7)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// Writes the session (a new login, or rotated tokens).
+    pub fn save_session(&self, s: &Session, now_ms: i64) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO device_session (id, server_url, username, user_id, role, team_id,
+                 access_token, access_expires_at_ms, refresh_token, updated_at_ms)
+             VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+             ON CONFLICT (id) DO UPDATE SET
+                 server_url = excluded.server_url, username = excluded.username,
+                 user_id = excluded.user_id, role = excluded.role, team_id = excluded.team_id,
+                 access_token = excluded.access_token,
+                 access_expires_at_ms = excluded.access_expires_at_ms,
+                 refresh_token = excluded.refresh_token, updated_at_ms = excluded.updated_at_ms",
+            params![
+                s.server_url,
+                s.username,
+                s.user_id,
+                s.role,
+                s.team_id,
+                s.access_token,
+                s.access_expires_at_ms,
+                s.refresh_token,
+                now_ms
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Forgets the tokens (expired or revoked) but keeps who the user is.
+    pub fn clear_tokens(&self, now_ms: i64) -> Result<()> {
+        self.conn.execute(
+            "UPDATE device_session SET access_token = NULL, access_expires_at_ms = NULL,
+                 refresh_token = NULL, updated_at_ms = ?1 WHERE id = 1",
+            [now_ms],
+        )?;
+        Ok(())
+    }
+
+    // ----- documents -----------------------------------------------------------
+
+    /// Every stored document with its kind.
+    pub fn documents(&self) -> Result<Vec<(DocumentId, String)>> {
+        Ok(storage::list(&self.conn)?)
+    }
+
+    pub fn load(&self, id: DocumentId) -> Result<Option<Automerge>> {
+        Ok(storage::load_with_limits(&self.conn, id, &self.limits)?)
+    }
+
+    pub fn kind(&self, id: DocumentId) -> Result<Option<String>> {
+        Ok(storage::kind(&self.conn, id)?)
+    }
+
+    /// Makes `changes` durable (committed with `synchronous=FULL`), then
+    /// compacts the document if it has grown many incremental rows.
+    pub fn append_changes(
+        &mut self,
+        id: DocumentId,
+        kind: &str,
+        changes: &[Change],
+        now_ms: i64,
+    ) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        storage::append_changes(&tx, id, kind, changes, now_ms)?;
+        tx.commit()?;
+        if storage::needs_compaction(&self.conn, id, &self.compaction)? {
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            storage::compact(&tx, id, &self.limits)?;
+            tx.commit()?;
+        }
+        Ok(())
+    }
+
+    // ----- sync marks ------------------------------------------------------------
+
+    /// The heads the server was known to hold for `id` at the last finished sync.
+    pub fn sync_mark(&self, id: DocumentId) -> Result<Option<Vec<ChangeHash>>> {
+        let text: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT heads FROM device_sync_marks WHERE doc_id = ?1",
+                [id.encode()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(text.map(|t| parse_heads(&t)))
+    }
+
+    /// When a sync last finished with the server holding `id`.
+    pub fn sync_mark_time(&self, id: DocumentId) -> Result<Option<i64>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT synced_at_ms FROM device_sync_marks WHERE doc_id = ?1",
+                [id.encode()],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    pub fn set_sync_mark(&self, id: DocumentId, heads: &[ChangeHash], now_ms: i64) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO device_sync_marks (doc_id, heads, synced_at_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT (doc_id) DO UPDATE SET heads = excluded.heads,
+                 synced_at_ms = excluded.synced_at_ms",
+            params![id.encode(), format_heads(heads), now_ms],
+        )?;
+        Ok(())
+    }
+
+    // ----- photos -------------------------------------------------------------
+
+    /// Where the bytes of a photo live.
+    pub fn blob_path(&self, sha256: &str) -> PathBuf {
+        self.dir.join(BLOB_DIR).join(sha256)
+    }
+
+    /// Adds a photo to the upload queue (a photo already queued is kept as is).
+    pub fn queue_photo(&self, row: &PhotoRow) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO device_photos (sha256, inspection_id, mime, bytes, added_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (sha256) DO NOTHING",
+            params![
+                row.sha256,
+                row.inspection_id,
+                row.mime,
+                i64::try_from(row.bytes).unwrap_or(i64::MAX),
+                row.added_at_ms
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Every photo, oldest first.
+    pub fn photos(&self) -> Result<Vec<PhotoRow>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT sha256, inspection_id, mime, bytes, added_at_ms, upload_url,
+                    uploaded_offset, uploaded_at_ms, last_error
+             FROM device_photos ORDER BY added_at_ms, sha256",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(PhotoRow {
+                sha256: r.get(0)?,
+                inspection_id: r.get(1)?,
+                mime: r.get(2)?,
+                bytes: u64::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
+                added_at_ms: r.get(4)?,
+                upload_url: r.get(5)?,
+                uploaded_offset: u64::try_from(r.get::<_, i64>(6)?).unwrap_or(0),
+                uploaded_at_ms: r.get(7)?,
+                last_error: r.get(8)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    pub fn photo(&self, sha256: &str) -> Result<Option<PhotoRow>> {
+        Ok(self.photos()?.into_iter().find(|p| p.sha256 == sha256))
+    }
+
+    pub fn set_upload_url(&self, sha256: &str, url: Option<&str>) -> Result<()> {
+        self.conn.execute(
+            "UPDATE device_photos SET upload_url = ?2, uploaded_offset = 0 WHERE sha256 = ?1",
+            params![sha256, url],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_uploaded_offset(&self, sha256: &str, offset: u64) -> Result<()> {
+        self.conn.execute(
+            "UPDATE device_photos SET uploaded_offset = ?2 WHERE sha256 = ?1",
+            params![sha256, i64::try_from(offset).unwrap_or(i64::MAX)],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_photo_error(&self, sha256: &str, error: Option<&str>) -> Result<()> {
+        self.conn.execute(
+            "UPDATE device_photos SET last_error = ?2 WHERE sha256 = ?1",
+            params![sha256, error],
+        )?;
+        Ok(())
+    }
+
+    pub fn mark_uploaded(&self, sha256: &str, now_ms: i64) -> Result<()> {
+        self.conn.execute(
+            "UPDATE device_photos SET uploaded_at_ms = ?2, uploaded_offset = bytes,
+                 last_error = NULL WHERE sha256 = ?1",
+            params![sha256, now_ms],
+        )?;
+        Ok(())
+    }
+
+    /// The server reports it lacks this photo: upload it again from the start.
+    pub fn mark_not_uploaded(&self, sha256: &str) -> Result<bool> {
+        let n = self.conn.execute(
+            "UPDATE device_photos SET uploaded_at_ms = NULL, upload_url = NULL,
+                 uploaded_offset = 0 WHERE sha256 = ?1",
+            [sha256],
+        )?;
+        Ok(n > 0)
+    }
+
+    // ----- templates ------------------------------------------------------------
+
+    /// Template JSON fetched over HTTP, by `template_id@version`.
+    pub fn cached_templates(&self) -> Result<Vec<String>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT json FROM device_templates ORDER BY key")?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
+    }
+
+    pub fn cache_template(&self, key: &str, json: &str) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO device_templates (key, json) VALUES (?1, ?2)
+             ON CONFLICT (key) DO NOTHING",
+            params![key, json],
+        )?;
+        Ok(())
+    }
+}
+
+/// Heads as stored: comma-separated hex.
+pub fn format_heads(heads: &[ChangeHash]) -> String {
+    heads
+        .iter()
+        .map(|h| h.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The inverse of [`format_heads`]; unreadable entries are skipped (a mark
+/// is a hint for status reports, never a reason to fail).
+pub fn parse_heads(text: &str) -> Vec<ChangeHash> {
+    text.split(',')
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| s.parse().ok())
+        .collect()
+}
+
+#[cfg(feature = "sqlcipher")]
+fn apply_key(conn: &Connection, passphrase: Option<&str>) -> Result<()> {
+    if let Some(key) = passphrase {
+        if key.is_empty() {
+            return Err(FieldError::InvalidInput(
+                "the store passphrase is empty; give a non-empty passphrase or none".into(),
+            ));
+        }
+        conn.pragma_update(None, "key", key)?;
+        // The key is only checked on first read: fail here, clearly, if it is wrong.
+        conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .map_err(|_| {
+            FieldError::NotAllowed(
+                "the store passphrase is wrong (or the store is not encrypted)".into(),
+            )
+        })?;
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "sqlcipher"))]
+fn apply_key(_conn: &Connection, passphrase: Option<&str>) -> Result<()> {
+    if passphrase.is_some() {
+        return Err(FieldError::InvalidInput(
+            "this build has no encryption at rest; build mobile-bridge with the `sqlcipher` feature, or open the store without a passphrase".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn ensure_identity(conn: &Connection) -> Result<DeviceIdentity> {
+    let get = |key: &str| -> Result<Option<String>> {
+        Ok(conn
+            .query_row(
+                "SELECT value FROM device_settings WHERE key = ?1",
+                [key],
+                |r| r.get(0),
+            )
+            .optional()?)
+    };
+    let device_id = match get(KEY_DEVICE_ID)? {
+        Some(id) => id,
+        None => {
+            let id = format!("tablet-{}", uuid::Uuid::new_v4().simple());
+            conn.execute(
+                "INSERT INTO device_settings (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING",
+                params![KEY_DEVICE_ID, id],
+            )?;
+            // Another process may have won the insert; theirs is the id.
+            get(KEY_DEVICE_ID)?.unwrap_or(id)
+        }
+    };
+    let actor_hex = match get(KEY_ACTOR)? {
+        Some(a) => a,
+        None => {
+            let a = hex::encode(uuid::Uuid::new_v4().as_bytes());
+            conn.execute(
+                "INSERT INTO device_settings (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING",
+                params![KEY_ACTOR, a],
+            )?;
+            get(KEY_ACTOR)?.unwrap_or(a)
+        }
+    };
+    let actor = hex::decode(&actor_hex).map_err(|_| {
+        FieldError::Storage(format!(
+            "the stored device actor {actor_hex:?} is not hex; the device_settings table was edited by hand"
+        ))
+    })?;
+    Ok(DeviceIdentity { device_id, actor })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use automerge::transaction::Transactable;
+
+    #[test]
+    fn migrations_are_valid() {
+        migrations().validate().unwrap();
+    }
+
+    #[test]
+    fn identity_is_created_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = DeviceStore::open(dir.path(), None)
+            .unwrap()
+            .identity()
+            .clone();
+        let again = DeviceStore::open(dir.path(), None)
+            .unwrap()
+            .identity()
+            .clone();
+        assert_eq!(first, again);
+        assert!(first.device_id.starts_with("tablet-"));
+        assert_eq!(first.actor.len(), 16);
+        let other = tempfile::tempdir().unwrap();
+        let other = DeviceStore::open(other.path(), None).unwrap();
+        assert_ne!(other.identity().device_id, first.device_id);
+    }
+
+    #[test]
+    fn tokens_persist_and_clearing_keeps_the_user() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Session {
+            server_url: "http://127.0.0.1:1".into(),
+            username: "inspector1".into(),
+            user_id: "u-1".into(),
+            role: "inspector".into(),
+            team_id: Some("t-a".into()),
+            access_token: Some("access".into()),
+            access_expires_at_ms: Some(1_000),
+            refresh_token: Some("refresh".into()),
+        };
+        {
+            let store = DeviceStore::open(dir.path(), None).unwrap();
+            store.save_session(&s, 5).unwrap();
+        }
+        let store = DeviceStore::open(dir.path(), None).unwrap();
+        assert_eq!(store.session().unwrap(), Some(s.clone()));
+        store.clear_tokens(6).unwrap();
+        let cleared = store.session().unwrap().unwrap();
+        assert_eq!(cleared.user_id, "u-1");
+        assert_eq!(cleared.access_token, None);
+        assert_eq!(cleared.refresh_token, None);
+        assert!(!format!("{s:?}").contains("refresh\""));
+    }
+
+    #[test]
+    fn changes_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = DocumentId::from_bytes([7; 16]);
+        let mut doc = Automerge::new();
+        let mut tx = doc.transaction();
+        tx.put(automerge::ROOT, "kind", "inspection").unwrap();
+        tx.commit();
+        {
+            let mut store = DeviceStore::open(dir.path(), None).unwrap();
+            store
+                .append_changes(id, "inspection", &doc.get_changes(&[]), 1)
+                .unwrap();
+            store.set_sync_mark(id, &doc.get_heads(), 2).unwrap();
+        }
+        let store = DeviceStore::open(dir.path(), None).unwrap();
+        assert_eq!(
+            store.documents().unwrap(),
+            vec![(id, "inspection".to_owned())]
+        );
+        assert_eq!(
+            store.load(id).unwrap().unwrap().get_heads(),
+            doc.get_heads()
+        );
+        assert_eq!(store.sync_mark(id).unwrap(), Some(doc.get_heads()));
+    }
+
+    #[test]
+    fn photo_queue_tracks_offsets_and_resets_on_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DeviceStore::open(dir.path(), None).unwrap();
+        let sha = "a".repeat(64);
+        store
+            .queue_photo(&PhotoRow {
+                sha256: sha.clone(),
+                inspection_id: "x".into(),
+                mime: "image/jpeg".into(),
+                bytes: 100,
+                added_at_ms: 1,
+                upload_url: None,
+                uploaded_offset: 0,
+                uploaded_at_ms: None,
+                last_error: None,
+            })
+            .unwrap();
+        store.set_upload_url(&sha, Some("http://u/1")).unwrap();
+        store.set_uploaded_offset(&sha, 40).unwrap();
+        let p = store.photo(&sha).unwrap().unwrap();
+        assert_eq!(
+            (p.uploaded_offset, p.upload_url.as_deref()),
+            (40, Some("http://u/1"))
+        );
+        store.mark_uploaded(&sha, 9).unwrap();
+        let p = store.photo(&sha).unwrap().unwrap();
+        assert!(p.is_uploaded());
+        assert_eq!(p.uploaded_offset, 100);
+        assert!(store.mark_not_uploaded(&sha).unwrap());
+        let p = store.photo(&sha).unwrap().unwrap();
+        assert_eq!(
+            (p.is_uploaded(), p.uploaded_offset, p.upload_url),
+            (false, 0, None)
+        );
+    }
+
+    #[cfg(not(feature = "sqlcipher"))]
+    #[test]
+    fn a_passphrase_without_sqlcipher_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = DeviceStore::open(dir.path(), Some("secret")).unwrap_err();
+        assert!(matches!(err, FieldError::InvalidInput(_)), "{err}");
+        assert!(err.to_string().contains("sqlcipher"));
+    }
+
+    #[cfg(feature = "sqlcipher")]
+    #[test]
+    fn an_encrypted_store_needs_its_passphrase() {
+        let dir = tempfile::tempdir().unwrap();
+        DeviceStore::open(dir.path(), Some("secret")).unwrap();
+        let raw = std::fs::read(dir.path().join(DB_FILE)).unwrap();
+        assert!(!raw.starts_with(b"SQLite format 3"));
+        let err = DeviceStore::open(dir.path(), Some("wrong")).unwrap_err();
+        assert!(matches!(err, FieldError::NotAllowed(_)), "{err}");
+        DeviceStore::open(dir.path(), Some("secret")).unwrap();
+    }
+}
