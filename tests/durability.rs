@@ -64,7 +64,10 @@ async fn kill_9(child: &mut ChildServer) {
         .await
         .expect("the killed server did not go away")
         .unwrap();
-    assert!(!exit.success(), "a SIGKILLed server does not exit cleanly: {exit:?}");
+    assert!(
+        !exit.success(),
+        "a SIGKILLed server does not exit cleanly: {exit:?}"
+    );
 }
 
 /// One edit of tablet `p`, number `i` (globally unique per tablet): mostly
@@ -84,7 +87,8 @@ async fn one_edit(peer: &Peer, docs: &[DocumentId; 2], p: usize, i: usize) -> Ve
             by,
             at,
         };
-        peer.edit(doc, |tx| model::set_answer(tx, item, &answer)).await
+        peer.edit(doc, |tx| model::set_answer(tx, item, &answer))
+            .await
     } else {
         let fid = format!("f-p{p}-{i}");
         let finding = Finding {
@@ -97,7 +101,8 @@ async fn one_edit(peer: &Peer, docs: &[DocumentId; 2], p: usize, i: usize) -> Ve
             at,
             deleted: false,
         };
-        peer.edit(doc, |tx| model::add_finding(tx, &fid, &finding)).await
+        peer.edit(doc, |tx| model::add_finding(tx, &fid, &finding))
+            .await
     };
     let hashes = result.unwrap_or_else(|e| panic!("tablet {p} edit {i}: {e}"));
     assert_eq!(hashes.len(), 1, "one change per edit");
@@ -141,9 +146,10 @@ async fn confirmed_changes_survive_kill_9_and_everything_converges() {
                         // Make the check meaningful: the server has
                         // confirmed at least one of this round's edits.
                         let deadline = tokio::time::Instant::now() + TIMEOUT;
-                        while !mine.iter().any(|h| {
-                            docs.iter().any(|d| peer.confirmed(*d).contains(h))
-                        }) {
+                        while !mine
+                            .iter()
+                            .any(|h| docs.iter().any(|d| peer.confirmed(*d).contains(h)))
+                        {
                             assert!(tokio::time::Instant::now() < deadline, "nothing confirmed");
                             tokio::time::sleep(Duration::from_millis(5)).await;
                         }
@@ -190,18 +196,29 @@ async fn confirmed_changes_survive_kill_9_and_everything_converges() {
                 }
             }
         }
-        assert!(confirmed_total > 0, "round {round}: no change was confirmed before the kill");
+        assert!(
+            confirmed_total > 0,
+            "round {round}: no change was confirmed before the kill"
+        );
 
         // Restart on the same folder: no second seeding.
         child = spawn(&data).await;
         let secretariat = token_of(&child.base, "secretariat").await;
-        assert_eq!(list_inspections(&child.base, &secretariat).await.len(), scheduled);
+        assert_eq!(
+            list_inspections(&child.base, &secretariat).await.len(),
+            scheduled
+        );
         for peer in &mut peers {
             peer.reconnect(&child.base).await.unwrap();
         }
         converge(&peers, &docs).await;
         for peer in &peers {
-            assert!(peer.errors().is_empty(), "{}: {:?}", peer.name, peer.errors());
+            assert!(
+                peer.errors().is_empty(),
+                "{}: {:?}",
+                peer.name,
+                peer.errors()
+            );
         }
         assert_converged(&peers, &docs, &db, &made, round);
     }
@@ -231,7 +248,9 @@ async fn converge(peers: &[Peer], docs: &[DocumentId; 2]) {
         }
         let same = docs.iter().all(|d| {
             let first = peers[0].heads(*d);
-            peers.iter().all(|p| p.heads(*d) == first && p.server_heads(*d) == first)
+            peers
+                .iter()
+                .all(|p| p.heads(*d) == first && p.server_heads(*d) == first)
         });
         if same {
             return;
@@ -255,7 +274,12 @@ fn assert_converged(
         let mut server_heads = stored.get_heads();
         server_heads.sort();
         for peer in peers {
-            assert_eq!(peer.heads(*d), server_heads, "round {round}: {} on {d}", peer.name);
+            assert_eq!(
+                peer.heads(*d),
+                server_heads,
+                "round {round}: {} on {d}",
+                peer.name
+            );
         }
     }
     for (p, hashes) in made.iter().enumerate() {
@@ -266,15 +290,19 @@ fn assert_converged(
                     stored_doc(db, **d).is_some_and(|s| s.get_change_meta_by_hash(h).is_some())
                 })
                 .count();
-            assert_eq!(found, 1, "round {round}: change {h} of tablet {p} is stored once");
+            assert_eq!(
+                found, 1,
+                "round {round}: change {h} of tablet {p} is stored once"
+            );
             assert!(
                 docs.iter().any(|d| peers[p].confirmed(*d).contains(h)),
                 "round {round}: the server never confirmed change {h} to tablet {p}"
             );
             for peer in peers {
                 assert!(
-                    docs.iter()
-                        .any(|d| peer.doc(*d).is_some_and(|doc| doc.get_change_meta_by_hash(h).is_some())),
+                    docs.iter().any(|d| peer
+                        .doc(*d)
+                        .is_some_and(|doc| doc.get_change_meta_by_hash(h).is_some())),
                     "round {round}: {} lacks change {h} of tablet {p}",
                     peer.name
                 );
@@ -282,7 +310,6 @@ fn assert_converged(
         }
     }
 }
-
 
 /// Four tablets and two inspections in `docs`, all synced, on `base`.
 async fn team_a_tablets(base: &str) -> (Vec<Peer>, [DocumentId; 2]) {

@@ -859,12 +859,10 @@ impl RawConn {
             .await
             .expect("the server neither answered nor closed in time");
         match incoming {
-            Some(Ok(WsMessage::Binary(bytes))) => {
-                match codec::decode(&bytes, &Limits::default()) {
-                    Ok(m) => RawEvent::Message(m),
-                    Err(_) => RawEvent::Undecodable(bytes.to_vec()),
-                }
-            }
+            Some(Ok(WsMessage::Binary(bytes))) => match codec::decode(&bytes, &Limits::default()) {
+                Ok(m) => RawEvent::Message(m),
+                Err(_) => RawEvent::Undecodable(bytes.to_vec()),
+            },
             Some(Ok(WsMessage::Text(t))) => RawEvent::Text(t.to_string()),
             Some(Ok(WsMessage::Close(frame))) => RawEvent::Closed(Closed {
                 code: frame.as_ref().map(|f| u16::from(f.code)),
@@ -950,17 +948,18 @@ pub fn stored_doc(db: &std::path::Path, id: DocumentId) -> Option<Automerge> {
 
 /// `GET /api/v1/inspections` with `token`.
 pub async fn list_inspections(base: &str, token: &str) -> Vec<serde_json::Value> {
-    let r = tests::get_with(&tests::client(), &format!("{base}/api/v1/inspections"), token).await;
+    let r = tests::get_with(
+        &tests::client(),
+        &format!("{base}/api/v1/inspections"),
+        token,
+    )
+    .await;
     assert_eq!(r.status(), 200);
     r.json().await.unwrap()
 }
 
 /// `GET /api/v1/inspections/{id}` with `token`: (status, body).
-pub async fn get_inspection(
-    base: &str,
-    token: &str,
-    id: DocumentId,
-) -> (u16, serde_json::Value) {
+pub async fn get_inspection(base: &str, token: &str, id: DocumentId) -> (u16, serde_json::Value) {
     let r = tests::get_with(
         &tests::client(),
         &format!("{base}/api/v1/inspections/{id}"),
@@ -984,7 +983,12 @@ pub async fn inspection_of(base: &str, token: &str, unit_code: &str) -> Document
 
 /// An access token for `username` (demo password) on a fresh device.
 pub async fn token_of(base: &str, username: &str) -> String {
-    tests::login_ok(&tests::client(), base, username, server::demo::DEMO_PASSWORD)
-        .await
-        .access_token
+    tests::login_ok(
+        &tests::client(),
+        base,
+        username,
+        server::demo::DEMO_PASSWORD,
+    )
+    .await
+    .access_token
 }

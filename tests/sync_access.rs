@@ -47,9 +47,16 @@ async fn an_inspector_of_another_team_gets_doc_unavailable_and_no_content() {
     let own_doc = inspection_of(&server.base, &secretariat, "00070").await;
 
     let inspector3 = Peer::login(&server.base, "inspector3").await;
-    assert!(!inspector3.want(team_a_doc).await, "team B must not read team A's inspection");
+    assert!(
+        !inspector3.want(team_a_doc).await,
+        "team B must not read team A's inspection"
+    );
     assert!(inspector3.doc(team_a_doc).is_none());
-    assert_eq!(inspector3.syncs_about(team_a_doc), 0, "no sync frame about it");
+    assert_eq!(
+        inspector3.syncs_about(team_a_doc),
+        0,
+        "no sync frame about it"
+    );
     let unavailable: Vec<_> = inspector3
         .received()
         .into_iter()
@@ -88,19 +95,33 @@ async fn a_unit_reads_its_accepted_inspection_but_cannot_write_answers() {
     let by = secretariat.user_id.clone();
     let decision = secretariat
         .edit(id, |tx| {
-            model::review_decide(tx, "d-accept-1", ReviewState::Accepted, &by, now_unix() * 1000, None)
+            model::review_decide(
+                tx,
+                "d-accept-1",
+                ReviewState::Accepted,
+                &by,
+                now_unix() * 1000,
+                None,
+            )
         })
         .await
         .unwrap();
     assert_eq!(decision.len(), 1);
     secretariat.wait_synced().await;
-    assert!(secretariat.errors().is_empty(), "{:?}", secretariat.errors());
+    assert!(
+        secretariat.errors().is_empty(),
+        "{:?}",
+        secretariat.errors()
+    );
     let (status, view) = get_inspection(&server.base, &secretariat_token, id).await;
     assert_eq!(status, 200);
     assert_eq!(view["status"], "accepted");
 
     // Now the unit reads it, over sync and over HTTP.
-    assert!(unit.want(id).await, "the unit may read its accepted inspection");
+    assert!(
+        unit.want(id).await,
+        "the unit may read its accepted inspection"
+    );
     unit.wait_synced().await;
     let doc = unit.doc(id).unwrap();
     let insp = model::read_inspection(&doc, &demo_templates()).unwrap();
@@ -115,14 +136,23 @@ async fn a_unit_reads_its_accepted_inspection_but_cannot_write_answers() {
     let in_memory_before = server.state.sync.read(id).await.unwrap().unwrap();
     let uid = unit.user_id.clone();
     let written = unit
-        .edit(id, |tx| model::set_answer(tx, "A2", &answer(&uid, Tri::Yes)))
+        .edit(id, |tx| {
+            model::set_answer(tx, "A2", &answer(&uid, Tri::Yes))
+        })
         .await
         .unwrap();
     assert_eq!(written.len(), 1);
     let error = unit.wait_error(&id.to_string()).await;
-    assert!(error.contains("changes refused, nothing was stored"), "{error}");
+    assert!(
+        error.contains("changes refused, nothing was stored"),
+        "{error}"
+    );
     assert!(error.contains("unit may not write answers"), "{error}");
-    assert_eq!(stored_rows(&db), before, "the refused change left the store as it was");
+    assert_eq!(
+        stored_rows(&db),
+        before,
+        "the refused change left the store as it was"
+    );
     assert_eq!(
         server.state.sync.read(id).await.unwrap().unwrap(),
         in_memory_before,
@@ -150,12 +180,22 @@ async fn an_inspector_cannot_write_the_review() {
     let by = inspector1.user_id.clone();
     inspector1
         .edit(id, |tx| {
-            model::review_decide(tx, "d-self", ReviewState::Accepted, &by, now_unix() * 1000, None)
+            model::review_decide(
+                tx,
+                "d-self",
+                ReviewState::Accepted,
+                &by,
+                now_unix() * 1000,
+                None,
+            )
         })
         .await
         .unwrap();
     let error = inspector1.wait_error(&id.to_string()).await;
-    assert!(error.starts_with(&format!("document {id}: changes refused")), "{error}");
+    assert!(
+        error.starts_with(&format!("document {id}: changes refused")),
+        "{error}"
+    );
     assert!(error.contains("inspector may not write review"), "{error}");
     assert_eq!(stored_rows(&db), before);
     let (_, view) = get_inspection(&server.base, &secretariat_token, id).await;
@@ -182,11 +222,17 @@ async fn a_team_member_answer_is_stored_and_reaches_the_other_member() {
 
     let by = inspector1.user_id.clone();
     let change = inspector1
-        .edit(id, |tx| model::set_answer(tx, "A2", &answer(&by, Tri::Partial)))
+        .edit(id, |tx| {
+            model::set_answer(tx, "A2", &answer(&by, Tri::Partial))
+        })
         .await
         .unwrap();
     inspector1.wait_synced().await;
-    assert_eq!(inspector1.confirmed(id), change, "the server confirmed the change");
+    assert_eq!(
+        inspector1.confirmed(id),
+        change,
+        "the server confirmed the change"
+    );
     assert!(inspector1.errors().is_empty(), "{:?}", inspector1.errors());
 
     inspector2
@@ -248,7 +294,10 @@ async fn bad_tokens_are_refused_at_the_upgrade_with_401() {
     // Control: the forging itself is right, the server accepts this one.
     let control = forge_eddsa(kid, key, &good);
     let mut ok = RawConn::open(&server.base, &control).await;
-    assert!(matches!(ok.join("control").await, RawEvent::Message(Message::Peer { .. })));
+    assert!(matches!(
+        ok.join("control").await,
+        RawEvent::Message(Message::Peer { .. })
+    ));
 
     let before = stored_rows(&db);
     let mut expired = good.clone();
@@ -260,10 +309,16 @@ async fn bad_tokens_are_refused_at_the_upgrade_with_401() {
     let other_key = SigningKey::from_bytes(&[7; 32]);
     let cases: Vec<(&str, Option<String>)> = vec![
         ("expired", Some(forge_eddsa(kid, key, &expired))),
-        ("signed with another key", Some(forge_eddsa(kid, &other_key, &good))),
+        (
+            "signed with another key",
+            Some(forge_eddsa(kid, &other_key, &good)),
+        ),
         (
             "alg none",
-            Some(unsigned_token(&json!({"alg": "none", "typ": "JWT", "kid": kid}), &good)),
+            Some(unsigned_token(
+                &json!({"alg": "none", "typ": "JWT", "kid": kid}),
+                &good,
+            )),
         ),
         ("wrong audience", Some(forge_eddsa(kid, key, &wrong_aud))),
         ("garbage", Some("not.a.jwt".to_owned())),
@@ -287,10 +342,16 @@ async fn bad_tokens_are_refused_at_the_upgrade_with_401() {
         supported_protocol_versions: vec!["1".into()],
         peer_metadata: None,
     };
-    ws.send(tungstenite::Message::Binary(sync_core::protocol::encode(&join).into()))
+    ws.send(tungstenite::Message::Binary(
+        sync_core::protocol::encode(&join).into(),
+    ))
+    .await
+    .unwrap();
+    let reply = tokio::time::timeout(TIMEOUT, ws.next())
         .await
+        .unwrap()
+        .unwrap()
         .unwrap();
-    let reply = tokio::time::timeout(TIMEOUT, ws.next()).await.unwrap().unwrap().unwrap();
     let reply = sync_core::protocol::decode(&reply.into_data(), &Default::default()).unwrap();
     assert!(
         matches!(&reply, Message::Peer { selected_protocol_version, .. } if selected_protocol_version == "1"),

@@ -77,8 +77,14 @@ impl Bench {
             "after {after}: the server did not confirm the good peer's change"
         );
         let stored = stored_doc(&db_file(&self.server.data_dir()), self.doc).unwrap();
-        assert!(stored.get_change_meta_by_hash(&change[0]).is_some(), "after {after}");
-        assert_eq!(self.good.heads(self.doc), sorted(self.good.server_heads(self.doc)));
+        assert!(
+            stored.get_change_meta_by_hash(&change[0]).is_some(),
+            "after {after}"
+        );
+        assert_eq!(
+            self.good.heads(self.doc),
+            sorted(self.good.server_heads(self.doc))
+        );
         assert!(self.good.errors().is_empty(), "{:?}", self.good.errors());
     }
 
@@ -119,7 +125,11 @@ fn assert_error_then_close(events: &[RawEvent], needle: &str) {
     assert_eq!(events.len(), 2, "{events:?}");
     let errors = error_texts(events);
     assert_eq!(errors.len(), 1, "{events:?}");
-    assert!(errors[0].contains(needle), "{:?} lacks {needle:?}", errors[0]);
+    assert!(
+        errors[0].contains(needle),
+        "{:?} lacks {needle:?}",
+        errors[0]
+    );
     match &events[1] {
         RawEvent::Closed(Closed { code, reason }) => {
             assert_eq!(*code, Some(1008), "{events:?}");
@@ -134,7 +144,8 @@ fn assert_error_then_close(events: &[RawEvent], needle: &str) {
 fn sync_data() -> Vec<u8> {
     use automerge::sync::SyncDoc;
     let mut doc = Automerge::new();
-    doc.transact(|tx| tx.put(ROOT, "kind", "inspection")).unwrap();
+    doc.transact(|tx| tx.put(ROOT, "kind", "inspection"))
+        .unwrap();
     doc.generate_sync_message(&mut automerge::sync::State::new())
         .unwrap()
         .encode()
@@ -156,12 +167,16 @@ async fn undecodable_frames_get_an_error_and_a_close() {
     // Garbage bytes: a CBOR "break" byte first.
     let mut raw = bench.raw().await;
     raw.send_binary(b"\xff\xfegarbage\x00\x01".to_vec()).await;
-    assert_error_then_close(&raw.drain().await, "could not decode message: frame is not well-formed CBOR");
+    assert_error_then_close(
+        &raw.drain().await,
+        "could not decode message: frame is not well-formed CBOR",
+    );
     bench.good_peer_still_syncs("garbage bytes").await;
 
     // Malformed CBOR: a map of two entries cut short.
     let mut raw = bench.raw().await;
-    raw.send_binary(vec![0xa2, 0x64, b't', b'y', b'p', b'e']).await;
+    raw.send_binary(vec![0xa2, 0x64, b't', b'y', b'p', b'e'])
+        .await;
     assert_error_then_close(&raw.drain().await, "cut short");
     bench.good_peer_still_syncs("truncated CBOR").await;
 
@@ -174,7 +189,9 @@ async fn undecodable_frames_get_an_error_and_a_close() {
     // A well-formed map with an unknown `type`, after a proper join.
     let mut raw = bench.joined("unknown-type").await;
     let mut frame = vec![0xa2];
-    frame.extend([0x64, b't', b'y', b'p', b'e', 0x65, b'h', b'e', b'l', b'l', b'o']);
+    frame.extend([
+        0x64, b't', b'y', b'p', b'e', 0x65, b'h', b'e', b'l', b'l', b'o',
+    ]);
     frame.extend([0x68]);
     frame.extend(b"senderId");
     frame.extend([0x6c]);
@@ -218,11 +235,16 @@ async fn a_frame_over_the_limit_is_closed_with_1009() {
     .await;
     match raw.next().await {
         RawEvent::Message(Message::Error { message, .. }) => {
-            assert!(message.starts_with(&format!("document {}: malformed sync message", bench.doc)), "{message}");
+            assert!(
+                message.starts_with(&format!("document {}: malformed sync message", bench.doc)),
+                "{message}"
+            );
         }
         other => panic!("expected an error about the document, got {other:?}"),
     }
-    bench.good_peer_still_syncs("a large malformed sync message").await;
+    bench
+        .good_peer_still_syncs("a large malformed sync message")
+        .await;
     bench.server.stop().await;
 }
 
@@ -257,7 +279,10 @@ async fn protocol_violations_get_an_error_and_a_close() {
         data: data.clone(),
     })
     .await;
-    assert_error_then_close(&raw.drain().await, "expected a join message first, got sync");
+    assert_error_then_close(
+        &raw.drain().await,
+        "expected a join message first, got sync",
+    );
     bench.good_peer_still_syncs("sync before join").await;
 
     // A protocol version the server does not speak.
@@ -268,7 +293,10 @@ async fn protocol_violations_get_an_error_and_a_close() {
         peer_metadata: None,
     })
     .await;
-    assert_error_then_close(&raw.drain().await, "unsupported protocol version(s) [\"2\"]");
+    assert_error_then_close(
+        &raw.drain().await,
+        "unsupported protocol version(s) [\"2\"]",
+    );
     bench.good_peer_still_syncs("join with version 2").await;
 
     // A message from another peer id than the one that joined.
@@ -318,11 +346,16 @@ async fn a_sync_about_an_unknown_or_foreign_document_gets_an_error_naming_it() {
     .await;
     match raw.next().await {
         RawEvent::Message(Message::Error { message, .. }) => {
-            assert_eq!(message, format!("document {ghost}: is not available to you"));
+            assert_eq!(
+                message,
+                format!("document {ghost}: is not available to you")
+            );
         }
         other => panic!("expected an error naming {ghost}, got {other:?}"),
     }
-    bench.good_peer_still_syncs("a sync about a ghost document").await;
+    bench
+        .good_peer_still_syncs("a sync about a ghost document")
+        .await;
 
     // Another team's inspection, never requested.
     let foreign = bench.other_team_doc;
@@ -335,11 +368,16 @@ async fn a_sync_about_an_unknown_or_foreign_document_gets_an_error_naming_it() {
     .await;
     match raw.next().await {
         RawEvent::Message(Message::Error { message, .. }) => {
-            assert_eq!(message, format!("document {foreign}: is not available to you"));
+            assert_eq!(
+                message,
+                format!("document {foreign}: is not available to you")
+            );
         }
         other => panic!("expected an error naming {foreign}, got {other:?}"),
     }
-    bench.good_peer_still_syncs("a sync about another team's document").await;
+    bench
+        .good_peer_still_syncs("a sync about another team's document")
+        .await;
     assert!(stored_doc(&db, ghost).is_none());
     assert_eq!(
         crate::peer::stored_rows(&db).len(),
@@ -356,7 +394,9 @@ async fn a_sync_about_an_unknown_or_foreign_document_gets_an_error_naming_it() {
     })
     .await;
     match raw.next().await {
-        RawEvent::Message(Message::Sync { document_id, data, .. }) => {
+        RawEvent::Message(Message::Sync {
+            document_id, data, ..
+        }) => {
             assert_eq!(document_id, bench.doc);
             let m = automerge::sync::Message::decode(&data).unwrap();
             assert_eq!(sorted(m.heads), bench.good.heads(bench.doc));

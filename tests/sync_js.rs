@@ -96,7 +96,17 @@ async fn js_clients_sync_an_answer_through_the_server_and_it_survives_a_restart(
     assert!(url.starts_with("automerge:"));
 
     // Client one answers A1; the script returns once the server committed it.
-    let r = node(&["answer", &base, &one.access_token, "tab-1", &url, "A1", "yes", &one_id]).await;
+    let r = node(&[
+        "answer",
+        &base,
+        &one.access_token,
+        "tab-1",
+        &url,
+        "A1",
+        "yes",
+        &one_id,
+    ])
+    .await;
     assert_eq!(r["ok"], true, "{r}");
 
     // Client two, another member of the team, finds it through the server.
@@ -108,16 +118,23 @@ async fn js_clients_sync_an_answer_through_the_server_and_it_survives_a_restart(
 
     // The server projected it in the same commit.
     let id = url.trim_start_matches("automerge:");
-    let view: Value = get_with(&c, &format!("{base}/api/v1/inspections/{id}"), &two.access_token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let view: Value = get_with(
+        &c,
+        &format!("{base}/api/v1/inspections/{id}"),
+        &two.access_token,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
     assert_eq!(view["answers"], 1);
     assert_eq!(view["status"], "in_progress");
 
     // Restart on the same data folder: the document is still served with the change.
-    let dir = server.stop().await.expect("the helper owns the data folder");
+    let dir = server
+        .stop()
+        .await
+        .expect("the helper owns the data folder");
     let server = TestServer::start_in(dir, settings).await.unwrap();
     let base = server.base.clone();
     let two = login_ok(&c, &base, "inspector2", "demo").await;
@@ -139,10 +156,7 @@ async fn a_js_client_of_another_team_finds_the_inspection_unavailable() {
         .json()
         .await
         .unwrap();
-    let url = list
-        .iter()
-        .find(|i| i["unit_code"] == "00004")
-        .unwrap()["doc_url"]
+    let url = list.iter().find(|i| i["unit_code"] == "00004").unwrap()["doc_url"]
         .as_str()
         .unwrap()
         .to_owned();

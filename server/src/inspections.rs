@@ -82,8 +82,10 @@ pub fn load_templates(conn: &Connection) -> Result<TemplateRegistry, DbError> {
 }
 
 fn setting(conn: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
-    conn.query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| r.get(0))
-        .optional()
+    conn.query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
+        r.get(0)
+    })
+    .optional()
 }
 
 /// Makes sure the catalog document exists and holds every unit (current
@@ -149,7 +151,10 @@ pub async fn ensure_catalog(db: &Db, sync: &SyncService) -> Result<DocumentId, A
             Ok::<_, ApiError>((existing, units, templates, people))
         })
         .await?;
-    let templates: Vec<CatalogTemplate> = templates.iter().map(CatalogTemplate::from_template).collect();
+    let templates: Vec<CatalogTemplate> = templates
+        .iter()
+        .map(CatalogTemplate::from_template)
+        .collect();
 
     let id = match existing.as_deref().map(DocumentId::parse) {
         Some(Ok(id)) => id,
@@ -418,7 +423,9 @@ pub async fn schedule(
             .iter()
             .find(|(id, name)| id == l || name == l)
             .map(|(id, _)| id.clone())
-            .ok_or_else(|| ApiError::BadRequest(format!("lead `{l}` is not an inspector of the team")))?,
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!("lead `{l}` is not an inspector of the team"))
+            })?,
         None => members[0].0.clone(),
     };
     let header = InspectionHeader {
@@ -475,13 +482,9 @@ pub async fn schedule(
 
 async fn get_view(db: &Db, id: String) -> Result<Option<InspectionView>, ApiError> {
     db.read(move |c| {
-        c.query_row(
-            &format!("{SELECT_VIEW} WHERE i.id = ?1"),
-            [&id],
-            view_row,
-        )
-        .optional()
-        .map_err(db_err)
+        c.query_row(&format!("{SELECT_VIEW} WHERE i.id = ?1"), [&id], view_row)
+            .optional()
+            .map_err(db_err)
     })
     .await
 }
@@ -518,7 +521,10 @@ fn readable_clause(user: &AuthUser) -> (String, Vec<String>) {
             "(i.team_id = ?1 OR EXISTS (SELECT 1 FROM inspection_members m
                WHERE m.inspection_id = i.id AND m.user_id = ?2))"
                 .into(),
-            vec![user.team_id.clone().unwrap_or_default(), user.user_id.clone()],
+            vec![
+                user.team_id.clone().unwrap_or_default(),
+                user.user_id.clone(),
+            ],
         ),
         Role::Unit => (
             "(i.unit_code = ?1 AND i.status = 'accepted')".into(),

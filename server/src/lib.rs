@@ -134,7 +134,12 @@ pub async fn start(settings: Settings) -> Result<(AppState, Prepared), StartErro
         Ok(t) => t,
         Err(e) => return Err(close_after(&db, e.into()).await),
     };
-    let sync = match sync::SyncService::start(db.clone(), db.path().to_path_buf(), templates, &settings.sync) {
+    let sync = match sync::SyncService::start(
+        db.clone(),
+        db.path().to_path_buf(),
+        templates,
+        &settings.sync,
+    ) {
         Ok(s) => s,
         Err(e) => return Err(close_after(&db, StartError::Task(e.to_string())).await),
     };

@@ -19,8 +19,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use automerge::{ActorId, Automerge, ChangeHash};
-use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use rusqlite::{Connection, OpenFlags};
 use sync_core::access::{DocumentRules, PeerInfo};
@@ -182,7 +182,11 @@ impl SyncService {
     }
 
     /// Creates a new document; answers after it is committed.
-    pub async fn create(&self, id: DocumentId, doc: Automerge) -> Result<Vec<ChangeHash>, SyncError> {
+    pub async fn create(
+        &self,
+        id: DocumentId,
+        doc: Automerge,
+    ) -> Result<Vec<ChangeHash>, SyncError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Create {
@@ -337,7 +341,10 @@ async fn connection(socket: WebSocket, user: AuthUser, service: SyncService) {
                 Some(Err(e)) if e.to_string().contains("Message too long") => {
                     return Some((
                         1009,
-                        format!("message over the limit of {} bytes", service.max_message_bytes),
+                        format!(
+                            "message over the limit of {} bytes",
+                            service.max_message_bytes
+                        ),
                     ));
                 }
                 Some(Ok(WsMessage::Close(_)) | Err(_)) | None => return None,
@@ -426,7 +433,10 @@ impl Worker {
                 match outcome {
                     Ok(more) => fx.merge(more),
                     Err(_) => {
-                        tracing::error!(conn, "a panic while handling a sync message was contained");
+                        tracing::error!(
+                            conn,
+                            "a panic while handling a sync message was contained"
+                        );
                         if let Some(conn) = conn {
                             if let Some(out) = self.outboxes.get(&conn) {
                                 let _ = out.try_send(Outbound::Close(
@@ -600,12 +610,20 @@ impl Worker {
                 .and_then(|d| model::kind_of(d).ok())
                 .map_or("unknown", |k| k.as_str())
                 .to_owned();
-            let rows = doc.map(|d| projection::project(r.document_id, d, &self.hub.access().templates));
+            let rows =
+                doc.map(|d| projection::project(r.document_id, d, &self.hub.access().templates));
             let actor = r
                 .from
                 .and_then(|c| self.who.get(&c))
                 .map(|w| w.user_id.clone());
-            jobs.push((r.document_id, kind, r.changes.clone(), rows, actor, r.created));
+            jobs.push((
+                r.document_id,
+                kind,
+                r.changes.clone(),
+                rows,
+                actor,
+                r.created,
+            ));
         }
         let at = clock::rfc3339(clock::now());
         let result: Result<(), SyncError> = self.db.write_blocking(move |tx| {
@@ -659,7 +677,10 @@ impl Worker {
             if let Some(tx) = self.outboxes.get(&out.conn)
                 && tx.try_send(Outbound::Frame(out.bytes)).is_err()
             {
-                tracing::warn!(conn = out.conn, "connection too slow to keep up; closing it");
+                tracing::warn!(
+                    conn = out.conn,
+                    "connection too slow to keep up; closing it"
+                );
                 let _ = tx.try_send(Outbound::Close("too slow".into()));
                 self.outboxes.remove(&out.conn);
             }
@@ -687,7 +708,11 @@ impl Worker {
                 Event::PeerJoined { conn, peer_id, .. } => {
                     // The peer id is bound to the token's device: another
                     // device may not speak as a peer that is connected.
-                    let device = self.who.get(&conn).map(|w| w.device_id.clone()).unwrap_or_default();
+                    let device = self
+                        .who
+                        .get(&conn)
+                        .map(|w| w.device_id.clone())
+                        .unwrap_or_default();
                     match self.peers.get(&peer_id) {
                         Some((other, bound)) if *other != conn && *bound != device => {
                             tracing::warn!(conn, peer = %peer_id, "peer id already bound to another device");
@@ -699,7 +724,8 @@ impl Worker {
                                 ),
                             };
                             if let Some(tx) = self.outboxes.remove(&conn) {
-                                let _ = tx.try_send(Outbound::Frame(sync_core::protocol::encode(&msg)));
+                                let _ =
+                                    tx.try_send(Outbound::Frame(sync_core::protocol::encode(&msg)));
                                 let _ = tx.try_send(Outbound::Close("peer id in use".into()));
                             }
                         }
