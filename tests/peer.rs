@@ -3,17 +3,24 @@
 //! (`tokio-tungstenite`) to the server's `/sync`.
 //!
 //! - [`Peer`] logs in (or takes a token), connects with
-//!   `Authorization: Bearer …`, and offers bounded async helpers: [`Peer::want`],
-//!   [`Peer::edit`], [`Peer::wait_synced`], [`Peer::wait_until`],
-//!   [`Peer::wait_error`]. It stores nothing on disk: store requests of the
-//!   hub are "committed" at once, in memory. Every frame it receives is
-//!   decoded and kept ([`Peer::received`]), and the heads the server reports
-//!   in its `sync` messages mark this peer's own changes as *confirmed*
-//!   ([`Peer::confirmed`]): the server only sends heads it has committed.
+//!   `Authorization: Bearer …` (peer id = the token's device id, automerge
+//!   actor = random per peer), and offers bounded async helpers:
+//!   [`Peer::want`], [`Peer::edit`], [`Peer::wait_synced`],
+//!   [`Peer::wait_doc`], [`Peer::wait_error`], [`Peer::reconnect`]. It
+//!   stores nothing on disk: store requests of the hub are "committed" at
+//!   once, in memory. Every frame it receives is decoded and kept
+//!   ([`Peer::received`], [`Peer::errors`]), and the heads the server
+//!   reports in its `sync` messages mark this peer's own changes as
+//!   *confirmed* ([`Peer::confirmed`]): the server only sends heads it has
+//!   committed. `PEER_TRACE=1` prints every frame in and out.
 //! - [`RawConn`] is a bare WebSocket for sending hand-made frames and
 //!   reading back exactly what the server answers.
 //! - [`open_ws`] opens the WebSocket itself, so a test can look at a refused
 //!   upgrade (`tungstenite::Error::Http`).
+//!
+//! - Server-side helpers: [`stored_rows`] / [`stored_doc`] read the
+//!   database file read-only; [`inspection_of`], [`token_of`] and friends
+//!   wrap the HTTP API.
 //!
 //! Every wait is bounded by [`tests::TIMEOUT`].
 #![allow(clippy::unwrap_used, dead_code)]

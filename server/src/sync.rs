@@ -414,13 +414,12 @@ impl Worker {
             let mut replies: Vec<(Reply, DocumentId, Result<(), SyncError>)> = Vec::new();
             while let Some(cmd) = queue.pop_front() {
                 // A frame from a peer whose changes this batch is about to
-                // store waits for the next batch. Handled now, it could tell
-                // automerge that the peer already has our (uncommitted)
-                // heads, and the reply the peer is owed — the heads that
-                // confirm its changes are stored — would never be sent.
+                // store waits for the next batch: handled now, it could only
+                // tell us heads we cannot confirm yet. (The hub also owes
+                // such a peer a reply after the commit; this keeps the
+                // exchange short.)
                 if let Command::Frame { conn, .. } = &cmd
                     && fx.store.iter().any(|s| s.from == Some(*conn))
-                    && std::env::var_os("NO_FIX_EXPERIMENT").is_none()
                 {
                     queue.push_front(cmd);
                     break;
@@ -675,6 +674,7 @@ impl Worker {
     fn dispatch(&mut self, fx: Effects) {
         for out in fx.outgoing {
             if let Some(tx) = self.outboxes.get(&out.conn)
+                && !tx.is_closed()
                 && tx.try_send(Outbound::Frame(out.bytes)).is_err()
             {
                 tracing::warn!(

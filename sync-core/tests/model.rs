@@ -1061,7 +1061,7 @@ fn validation_survives_hostile_shapes() {
             },
             ValidationError {
                 path: format!("photos/{}", sha('e')),
-                message: "must be a map, found a text object".into()
+                message: "must be a map, found a string".into()
             },
             ValidationError {
                 path: "submissions".into(),

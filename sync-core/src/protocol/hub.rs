@@ -324,6 +324,11 @@ struct Link {
     blocked: bool,
     /// Client: we asked with `request` and have nothing yet.
     requested: bool,
+    /// A reply was held back while a store was pending: once it commits,
+    /// a message goes out even if automerge thinks the peer is up to date
+    /// (the peer may have told us our uncommitted heads meanwhile, but it
+    /// still waits for the heads that confirm its changes are stored).
+    owed: bool,
 }
 
 impl Link {
@@ -334,6 +339,7 @@ impl Link {
             last_heard: now,
             blocked: false,
             requested: false,
+            owed: false,
         }
     }
 }
@@ -1204,6 +1210,9 @@ impl<A: Access> Hub<A> {
             return;
         };
         if !entry.pending.is_empty() || entry.state == DocState::Loading {
+            if let Some(link) = self.conns.get_mut(&conn).and_then(|c| c.links.get_mut(&id)) {
+                link.owed = true;
+            }
             return;
         }
         let our_peer = self.config.peer_id.clone();
@@ -1219,6 +1228,10 @@ impl<A: Access> Hub<A> {
         };
         if link.blocked {
             return;
+        }
+        if std::mem::take(&mut link.owed) {
+            link.sync.have_responded = false;
+            link.sync.in_flight = false;
         }
         let doc = &entry.doc;
         let generated = catch_unwind(AssertUnwindSafe(|| {
@@ -1481,8 +1494,10 @@ impl<A: Access> Hub<A> {
                 let Some(entry) = self.docs.get(id) else {
                     continue;
                 };
-                let converged = !link.sync.in_flight
-                    && link.sync.their_heads.as_deref() == Some(&entry.doc.get_heads()[..]);
+                // Equal heads are settled even with a message "in flight":
+                // a bare acknowledgement gets no answer.
+                let converged =
+                    link.sync.their_heads.as_deref() == Some(&entry.doc.get_heads()[..]);
                 if !link.blocked
                     && !converged
                     && entry.pending.is_empty()
