@@ -15,7 +15,7 @@ fn js_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("js/automerge")
 }
 
-/// Installs the pinned npm packages once (the README's test command does
+/// Installs the npm packages pinned by package-lock.json once (the README's test command does
 /// this up front; this covers running `cargo test` alone).
 async fn ensure_npm() {
     let dir = js_dir();
@@ -25,7 +25,7 @@ async fn ensure_npm() {
     let status = tokio::time::timeout(
         Duration::from_secs(300),
         tokio::process::Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund"])
+            .args(["install", "--no-audit", "--no-fund"])
             .current_dir(&dir)
             .status(),
     )
