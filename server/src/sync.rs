@@ -413,17 +413,6 @@ impl Worker {
             let mut fx = Effects::default();
             let mut replies: Vec<(Reply, DocumentId, Result<(), SyncError>)> = Vec::new();
             while let Some(cmd) = queue.pop_front() {
-                // A frame from a peer whose changes this batch is about to
-                // store waits for the next batch: handled now, it could only
-                // tell us heads we cannot confirm yet. (The hub also owes
-                // such a peer a reply after the commit; this keeps the
-                // exchange short.)
-                if let Command::Frame { conn, .. } = &cmd
-                    && fx.store.iter().any(|s| s.from == Some(*conn))
-                {
-                    queue.push_front(cmd);
-                    break;
-                }
                 let conn = match &cmd {
                     Command::Frame { conn, .. } | Command::Connect { conn, .. } => Some(*conn),
                     _ => None,
