@@ -6,7 +6,8 @@
 //!   `Authorization: Bearer …` (peer id = the token's device id, automerge
 //!   actor = random per peer), and offers bounded async helpers:
 //!   [`Peer::want`], [`Peer::edit`], [`Peer::wait_synced`],
-//!   [`Peer::wait_doc`], [`Peer::wait_error`], [`Peer::reconnect`]. It
+//!   [`Peer::wait_doc`], [`Peer::wait_error`], [`Peer::wait_refused`],
+//!   [`Peer::wait_unavailable`], [`Peer::reconnect`]. It
 //!   stores nothing on disk: store requests of the hub are "committed" at
 //!   once, in memory. Every frame it receives is decoded and kept
 //!   ([`Peer::received`], [`Peer::errors`]), and the heads the server
@@ -36,7 +37,7 @@ use futures_util::{SinkExt, StreamExt};
 use sync_core::ids::DocumentId;
 use sync_core::model::ModelError;
 use sync_core::protocol::hub::{AllowAll, ConnId, Effects, Event, Hub, HubConfig, Mode};
-use sync_core::protocol::{Limits, Message, PROTOCOL_V1, codec};
+use sync_core::protocol::{ErrorDetail, Limits, Message, PROTOCOL_V1, codec};
 use tests::TIMEOUT;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
@@ -203,7 +204,10 @@ impl State {
         for e in &fx.events {
             if matches!(
                 e,
-                Event::SyncAborted { .. } | Event::ProtocolError { .. } | Event::Rejected { .. }
+                Event::SyncAborted { .. }
+                    | Event::ProtocolError { .. }
+                    | Event::Rejected { .. }
+                    | Event::Refused { .. }
             ) {
                 self.events.push(format!("{e:?}"));
             }
@@ -398,25 +402,31 @@ impl Peer {
     /// Logs `username` in with the demo password on a fresh device id and
     /// connects.
     pub async fn login(base: &str, username: &str) -> Peer {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let device = format!("{username}-dev{n}");
-        let r = tests::login(
-            &tests::client(),
-            base,
-            username,
-            server::demo::DEMO_PASSWORD,
-            &device,
-        )
-        .await;
-        assert_eq!(r.status(), 200, "login of {username}");
-        let tokens: tests::Tokens = r.json().await.unwrap();
-        Peer::connect(base, &tokens.access_token, username)
+        Peer::login_with_actor(base, username, ActorId::random()).await
+    }
+
+    /// Like [`Peer::login`], but writing with the automerge `actor` given
+    /// (for instance another device's), not a random one of its own.
+    pub async fn login_with_actor(base: &str, username: &str, actor: ActorId) -> Peer {
+        let token = device_token(base, username).await;
+        Peer::connect_with_actor(base, &token, username, actor)
             .await
             .unwrap_or_else(|e| panic!("{username} could not open /sync: {e}"))
     }
 
     /// Connects with an access token; the peer id is the token's device id.
     pub async fn connect(base: &str, token: &str, name: &str) -> Result<Peer, tungstenite::Error> {
+        // Each peer its own automerge actor, as each tablet has.
+        Peer::connect_with_actor(base, token, name, ActorId::random()).await
+    }
+
+    /// [`Peer::connect`] with a chosen automerge actor.
+    pub async fn connect_with_actor(
+        base: &str,
+        token: &str,
+        name: &str,
+        actor: ActorId,
+    ) -> Result<Peer, tungstenite::Error> {
         let (_, claims) = tests::decode_unverified(token);
         let peer_id = claims["did"]
             .as_str()
@@ -424,8 +434,7 @@ impl Peer {
             .unwrap_or_else(|| format!("{name}-peer"));
         let user_id = claims["sub"].as_str().unwrap_or_default().to_owned();
         let mut config = HubConfig::new(Mode::Client, peer_id.clone());
-        // Each peer its own automerge actor, as each tablet has.
-        config.actor = Some(ActorId::random());
+        config.actor = Some(actor);
         let (changed, _) = watch::channel(0);
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
@@ -496,6 +505,17 @@ impl Peer {
         Ok(())
     }
 
+    /// The automerge actor this peer writes with.
+    pub fn actor(&self) -> ActorId {
+        self.shared
+            .lock()
+            .hub
+            .config()
+            .actor
+            .clone()
+            .unwrap_or_else(|| ActorId::from([0u8; 16]))
+    }
+
     /// The access token this peer connects with.
     pub fn token(&self) -> &str {
         &self.token
@@ -520,19 +540,34 @@ impl Peer {
         }
     }
 
+    /// Asks the server for a document, without waiting for the answer.
+    pub fn ask(&self, id: DocumentId) {
+        let mut st = self.shared.lock();
+        let fx = st.hub.want(id, now_ms());
+        st.apply(fx);
+    }
+
     /// Asks the server for a document and waits (bounded) for the outcome:
     /// `true` once content arrived, `false` on `doc-unavailable`.
     pub async fn want(&self, id: DocumentId) -> bool {
-        {
-            let mut st = self.shared.lock();
-            let fx = st.hub.want(id, now_ms());
-            st.apply(fx);
-        }
+        self.ask(id);
         self.wait_until(&format!("an answer about {id}"), |st| {
             st.hub.document(&id).is_some() || st.unavailable.contains(&id) || st.ended.is_some()
         })
         .await;
         self.shared.lock().hub.document(&id).is_some()
+    }
+
+    /// Offers a new document, as a tablet that made one itself would: it
+    /// is "stored" locally, then announced to the server with a `sync`
+    /// message. Returns its change hashes.
+    pub fn offer(&self, id: DocumentId, doc: Automerge) -> Vec<ChangeHash> {
+        let mut st = self.shared.lock();
+        let fx = st.hub.insert_document(id, doc, now_ms());
+        let hashes = st.apply(fx);
+        drop(st);
+        self.shared.bump();
+        hashes
     }
 
     /// Edits a held document in one automerge change made with this peer's
@@ -621,6 +656,66 @@ impl Peer {
             .into_iter()
             .find(|e| e.contains(needle))
             .unwrap_or_default()
+    }
+
+    /// Waits (bounded) for the server's `doc-unavailable` about `id`.
+    pub async fn wait_unavailable(&self, id: DocumentId) {
+        self.wait_until(&format!("doc-unavailable about {id}"), |st| {
+            st.unavailable.contains(&id)
+        })
+        .await;
+    }
+
+    /// Whether the server said `doc-unavailable` about `id`.
+    pub fn was_unavailable(&self, id: DocumentId) -> bool {
+        self.shared.lock().unavailable.contains(&id)
+    }
+
+    /// Every `error` message received, with its structured part.
+    pub fn error_messages(&self) -> Vec<(String, Option<ErrorDetail>)> {
+        self.shared
+            .lock()
+            .log
+            .iter()
+            .filter_map(|m| match m {
+                Message::Error {
+                    message, detail, ..
+                } => Some((message.clone(), detail.as_deref().cloned())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Waits (bounded) for an `error` about document `id` with `code`
+    /// (`refused`, `retry-later`, …); returns its text and structured part.
+    pub async fn wait_error_code(&self, id: DocumentId, code: &str) -> (String, ErrorDetail) {
+        let matches = |detail: &Option<Box<ErrorDetail>>| {
+            detail.as_ref().is_some_and(|d| {
+                d.document_id == Some(id) && d.code.as_deref() == Some(code)
+            })
+        };
+        self.wait_until(&format!("an error {code:?} about {id}"), |st| {
+            st.log
+                .iter()
+                .any(|m| matches!(m, Message::Error { detail, .. } if matches(detail)))
+        })
+        .await;
+        self.shared
+            .lock()
+            .log
+            .iter()
+            .find_map(|m| match m {
+                Message::Error {
+                    message, detail, ..
+                } if matches(detail) => Some((message.clone(), *detail.clone()?)),
+                _ => None,
+            })
+            .unwrap()
+    }
+
+    /// [`Peer::wait_error_code`] for a refusal (`refused`).
+    pub async fn wait_refused(&self, id: DocumentId) -> (String, ErrorDetail) {
+        self.wait_error_code(id, "refused").await
     }
 
     /// Waits (bounded) until the connection has ended; returns how.
@@ -988,7 +1083,26 @@ pub async fn inspection_of(base: &str, token: &str, unit_code: &str) -> Document
     DocumentId::parse(id).unwrap()
 }
 
-/// An access token for `username` (demo password) on a fresh device.
+/// An access token for `username` (demo password) on a device id of its
+/// own (`USERNAME-devN`), as each tablet has.
+pub async fn device_token(base: &str, username: &str) -> String {
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let device = format!("{username}-dev{n}");
+    let r = tests::login(
+        &tests::client(),
+        base,
+        username,
+        server::demo::DEMO_PASSWORD,
+        &device,
+    )
+    .await;
+    assert_eq!(r.status(), 200, "login of {username}");
+    let tokens: tests::Tokens = r.json().await.unwrap();
+    tokens.access_token
+}
+
+/// An access token for `username` (demo password) on the device
+/// `test-device`.
 pub async fn token_of(base: &str, username: &str) -> String {
     tests::login_ok(
         &tests::client(),

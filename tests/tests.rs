@@ -15,5 +15,6 @@ mod storage;
 mod sync_access;
 mod sync_bad_input;
 mod sync_js;
+mod sync_writes;
 mod templates;
 mod units;

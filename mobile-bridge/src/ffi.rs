@@ -147,4 +147,15 @@ impl FieldClient {
     pub fn status(&self) -> Result<DeviceStatus> {
         self.tablet.status()
     }
+
+    /// Work the server refused, kept on this device, with the reasons.
+    pub fn refused(&self) -> Result<Vec<RefusedView>> {
+        self.tablet.refused()
+    }
+
+    /// Tries again to write an inspection's refused work on top of the
+    /// server's state (then sync to upload it).
+    pub fn rebase(&self, inspection: String) -> Result<RebaseReport> {
+        self.tablet.rebase(&inspection)
+    }
 }

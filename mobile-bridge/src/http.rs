@@ -46,6 +46,8 @@ pub struct Me {
     pub role: String,
     #[serde(default)]
     pub team_id: Option<String>,
+    #[serde(default)]
+    pub unit_code: Option<String>,
 }
 
 /// `GET /api/v1/me/documents`: where a device starts syncing.

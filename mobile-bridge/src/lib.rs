@@ -5,11 +5,15 @@
 //!
 //! - [`Tablet`] (FFI: `FieldClient`): open a device store, log in, list
 //!   assigned inspections, answer items, add findings and photos, settle
-//!   conflicts, submit, read reviews and corrective actions, sync.
+//!   conflicts, submit, read reviews and corrective actions, sync, see and
+//!   rebase refused work.
 //! - [`store`]: the device store (SQLite, optionally SQLCipher): documents
 //!   through `sync-core`'s storage, plus tokens, the photo queue and sync
 //!   marks.
-//! - [`engine`]: `sync-core`'s protocol hub in client mode over that store.
+//! - [`engine`]: `sync-core`'s protocol hub in client mode over that store;
+//!   every local edit checked as the server checks it before it is made.
+//! - [`rebase`]: work the server refused, kept and written again on top of
+//!   the server's state.
 //! - [`sync`] and [`upload`]: the sync client (WebSocket, tus), with
 //!   reconnect backoff.
 //! - [`answer`] and [`photo`]: answer values typed as text; photo
@@ -31,6 +35,7 @@ pub mod error;
 pub mod ffi;
 pub mod http;
 pub mod photo;
+pub mod rebase;
 pub mod store;
 pub mod sync;
 pub mod tablet;
@@ -39,6 +44,8 @@ pub mod upload;
 
 #[cfg(test)]
 mod offline_tests;
+#[cfg(test)]
+mod refusal_tests;
 
 pub use clock::{Clock, OffsetClock, SystemClock};
 pub use error::FieldError;

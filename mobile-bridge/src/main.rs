@@ -12,11 +12,14 @@
 //! kiemtra-field --store DIR settle INSPECTION ITEM VALUE
 //! kiemtra-field --store DIR submit INSPECTION [--note N]
 //! kiemtra-field --store DIR status --json
+//! kiemtra-field --store DIR refused [--json]
+//! kiemtra-field --store DIR rebase INSPECTION
 //! ```
 //!
 //! INSPECTION is a document id, an `automerge:` URL, or the unit code of
 //! one assignment. Exit codes: 0 done, 1 failed, 2 bad usage, 3 log in
-//! again (local work is kept), 4 the server could not be reached.
+//! again (local work is kept), 4 the server could not be reached, 5 done,
+//! but the server refused some work (kept on this device; see `refused`).
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
@@ -27,8 +30,8 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use mobile_bridge::answer::parse_fields;
 use mobile_bridge::{
-    FieldError, FindingEdit, NewFinding, PhotoTarget, SyncListener, SyncProgress, Tablet,
-    TabletConfig,
+    FieldError, FindingEdit, NewFinding, PhotoTarget, RefusedView, SyncListener, SyncProgress,
+    Tablet, TabletConfig,
 };
 use serde::Serialize;
 
@@ -148,7 +151,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Work the server refused, kept on this device, with the reasons.
+    Refused {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Tries again to write an inspection's refused work on top of the
+    /// server's state (then sync to upload it).
+    Rebase {
+        inspection: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
+
+/// Exit code: done, but some work stays refused.
+const EXIT_REFUSED: u8 = 5;
 
 #[derive(Debug, Subcommand)]
 enum FindingCommand {
@@ -228,7 +246,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("kiemtra-field: {e}");
             ExitCode::from(match e {
@@ -251,7 +269,22 @@ fn fields(pairs: &[String]) -> Result<HashMap<String, String>, FieldError> {
     Ok(parse_fields(pairs)?.into_iter().collect())
 }
 
-fn run(cli: Cli) -> Result<(), FieldError> {
+fn print_refused(list: &[RefusedView]) {
+    for r in list {
+        let rule = match (&r.rule, &r.path) {
+            (Some(rule), Some(path)) => format!(" [{rule} at {path}]"),
+            (Some(rule), None) => format!(" [{rule}]"),
+            _ => String::new(),
+        };
+        println!(
+            "  {} {} ({}){rule}: {}",
+            r.document_id, r.label, r.state, r.reason
+        );
+    }
+}
+
+/// Runs the command; the exit code on success (0, or [`EXIT_REFUSED`]).
+fn run(cli: Cli) -> Result<u8, FieldError> {
     let store = cli.store.ok_or_else(|| {
         FieldError::InvalidInput("give the tablet's store folder with --store DIR".into())
     })?;
@@ -516,13 +549,68 @@ fn run(cli: Cli) -> Result<(), FieldError> {
             if json {
                 print_json(&r)?;
             } else {
-                println!(
-                    "synced: {} documents ({} changed), {} photos uploaded",
-                    r.documents, r.documents_changed, r.photos_uploaded
-                );
+                if r.refused.is_empty() {
+                    println!(
+                        "synced: {} documents ({} changed), {} photos uploaded",
+                        r.documents, r.documents_changed, r.photos_uploaded
+                    );
+                } else {
+                    println!(
+                        "synced with refusals: {} documents ({} changed), {} photos uploaded; \
+                         the server refused {} piece(s) of work, kept on this device \
+                         (see `kiemtra-field refused`):",
+                        r.documents,
+                        r.documents_changed,
+                        r.photos_uploaded,
+                        r.refused.len()
+                    );
+                    print_refused(&r.refused);
+                }
+                if r.rebased > 0 {
+                    println!(
+                        "{} piece(s) of refused work were written again and uploaded",
+                        r.rebased
+                    );
+                }
                 for w in r.warnings {
                     println!("warning: {w}");
                 }
+            }
+            if !r.refused.is_empty() {
+                return Ok(EXIT_REFUSED);
+            }
+        }
+        Command::Refused { json } => {
+            let list = tablet.refused()?;
+            if json {
+                print_json(&list)?;
+            } else if list.is_empty() {
+                println!("no refused work: everything is on the server or waits to be synced");
+            } else {
+                println!("{} piece(s) of work refused by the server:", list.len());
+                print_refused(&list);
+            }
+        }
+        Command::Rebase { inspection, json } => {
+            let r = tablet.rebase(&inspection)?;
+            if json {
+                print_json(&r)?;
+            } else {
+                for label in &r.reapplied {
+                    println!("written again: {label}");
+                }
+                if !r.reapplied.is_empty() {
+                    println!("sync to upload it");
+                }
+                if r.refused.is_empty() {
+                    println!("no refused work left in {}", r.document_id);
+                } else {
+                    println!("still refused:");
+                    print_refused(&r.refused);
+                }
+            }
+            if !r.refused.is_empty() {
+                return Ok(EXIT_REFUSED);
             }
         }
         Command::Status { json } => {
@@ -549,5 +637,5 @@ fn run(cli: Cli) -> Result<(), FieldError> {
             }
         }
     }
-    Ok(())
+    Ok(0)
 }

@@ -82,6 +82,7 @@ fn seed(dir: &Path, server_url: Option<&str>) -> DocumentId {
                 user_id: USER.into(),
                 role: "inspector".into(),
                 team_id: Some("t-a".into()),
+                unit_code: None,
                 access_token: Some("expired-access".into()),
                 access_expires_at_ms: Some(1_000),
                 refresh_token: Some("expired-refresh".into()),

@@ -4,17 +4,31 @@
 //! The database holds `sync-core`'s document store tables (the automerge
 //! documents, through [`sync_core::storage`]) and the tablet's own tables
 //! (`migrations/`): the device identity and settings, the session and its
-//! tokens, the photo upload queue, per-document sync marks and fetched
-//! templates. With the `sqlcipher` feature the whole file is encrypted with
-//! the passphrase given at open.
+//! tokens, the automerge actors this store has written with, the photo
+//! upload queue, per-document sync marks, fetched templates, and the work
+//! the server refused. With the `sqlcipher` feature the whole file is
+//! encrypted with the passphrase given at open.
 //!
-//! Nothing here ever deletes a document or a change: a session that expires
-//! only clears its tokens.
+//! # Actors
+//!
+//! The device id is stable for the life of the store, but the automerge
+//! actor is not: the engine writes with a fresh random actor each time the
+//! store is opened (and after each login), recorded in `device_actors` on
+//! its first edit. Automerge numbers each actor's changes 1, 2, 3, …; a
+//! store restored from a backup that kept writing with the actor of the
+//! backup would reuse numbers the server already holds for different
+//! changes, and the server would refuse everything after them. A fresh
+//! actor per opening makes that impossible without tracking anything. The
+//! cost is a few more actors per document, which automerge stores once each.
+//!
+//! Nothing here ever deletes a change: a session that expires only clears
+//! its tokens, and a document rebuilt after the server refused some of its
+//! changes keeps those changes, byte for byte, in `refused_changes`.
 #![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
 
-use automerge::{Automerge, Change, ChangeHash};
+use automerge::{ActorId, Automerge, Change, ChangeHash};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use rusqlite_migration::{M, Migrations};
 use sync_core::DocumentId;
@@ -27,7 +41,10 @@ pub const DB_FILE: &str = "device.sqlite3";
 /// Folder of photo bytes inside the store directory.
 pub const BLOB_DIR: &str = "blobs";
 
-const MIGRATIONS: &[M<'static>] = &[M::up(include_str!("../migrations/0001_device.sql"))];
+const MIGRATIONS: &[M<'static>] = &[
+    M::up(include_str!("../migrations/0001_device.sql")),
+    M::up(include_str!("../migrations/0002_refusals.sql")),
+];
 
 /// The device's migrations (tracked in `user_version`; sync-core's document
 /// tables keep their own version table, so the two never interfere).
@@ -36,15 +53,13 @@ pub fn migrations() -> Migrations<'static> {
 }
 
 const KEY_DEVICE_ID: &str = "device_id";
-const KEY_ACTOR: &str = "actor";
 
-/// Who this device is: stable for the life of the store.
+/// Who this device is: stable for the life of the store. (The automerge
+/// actor is not part of it: see the module docs.)
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceIdentity {
     /// Sent at login (`device_id`) and as the automerge-repo peer id.
     pub device_id: String,
-    /// The automerge actor of every change made on this device.
-    pub actor: Vec<u8>,
 }
 
 /// The signed-in user and their tokens.
@@ -55,6 +70,8 @@ pub struct Session {
     pub user_id: String,
     pub role: String,
     pub team_id: Option<String>,
+    /// Unit accounts: the unit they speak for.
+    pub unit_code: Option<String>,
     pub access_token: Option<String>,
     pub access_expires_at_ms: Option<i64>,
     pub refresh_token: Option<String>,
@@ -69,6 +86,7 @@ impl std::fmt::Debug for Session {
             .field("user_id", &self.user_id)
             .field("role", &self.role)
             .field("team_id", &self.team_id)
+            .field("unit_code", &self.unit_code)
             .field("has_access_token", &self.access_token.is_some())
             .field("access_expires_at_ms", &self.access_expires_at_ms)
             .field("has_refresh_token", &self.refresh_token.is_some())
@@ -178,7 +196,7 @@ impl DeviceStore {
             .conn
             .query_row(
                 "SELECT server_url, username, user_id, role, team_id, access_token,
-                        access_expires_at_ms, refresh_token
+                        access_expires_at_ms, refresh_token, unit_code
                  FROM device_session WHERE id = 1",
                 [],
                 |r| {
@@ -191,6 +209,7 @@ impl DeviceStore {
                         access_token: r.get(5)?,
                         access_expires_at_ms: r.get(6)?,
                         refresh_token: r.get(7)?,
+                        unit_code: r.get(8)?,
                     })
                 },
             )
@@ -201,12 +220,12 @@ impl DeviceStore {
     pub fn save_session(&self, s: &Session, now_ms: i64) -> Result<()> {
         self.conn.execute(
             "INSERT INTO device_session (id, server_url, username, user_id, role, team_id,
-                 access_token, access_expires_at_ms, refresh_token, updated_at_ms)
-             VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 access_token, access_expires_at_ms, refresh_token, updated_at_ms, unit_code)
+             VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
              ON CONFLICT (id) DO UPDATE SET
                  server_url = excluded.server_url, username = excluded.username,
                  user_id = excluded.user_id, role = excluded.role, team_id = excluded.team_id,
-                 access_token = excluded.access_token,
+                 unit_code = excluded.unit_code, access_token = excluded.access_token,
                  access_expires_at_ms = excluded.access_expires_at_ms,
                  refresh_token = excluded.refresh_token, updated_at_ms = excluded.updated_at_ms",
             params![
@@ -218,7 +237,8 @@ impl DeviceStore {
                 s.access_token,
                 s.access_expires_at_ms,
                 s.refresh_token,
-                now_ms
+                now_ms,
+                s.unit_code
             ],
         )?;
         Ok(())
@@ -422,6 +442,315 @@ impl DeviceStore {
         )?;
         Ok(())
     }
+
+    // ----- actors ---------------------------------------------------------------
+
+    /// Records that this store writes with `actor` (from its first edit on).
+    pub fn record_actor(&self, actor: &ActorId, now_ms: i64) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO device_actors (actor, first_used_at_ms) VALUES (?1, ?2)
+             ON CONFLICT (actor) DO NOTHING",
+            params![actor.to_hex_string(), now_ms],
+        )?;
+        Ok(())
+    }
+
+    /// Every actor this store has written with.
+    pub fn actors(&self) -> Result<Vec<ActorId>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT actor FROM device_actors ORDER BY first_used_at_ms, actor")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        let mut out = Vec::new();
+        for hex_text in rows {
+            let hex_text = hex_text?;
+            match hex::decode(&hex_text) {
+                Ok(bytes) => out.push(ActorId::from(bytes)),
+                Err(_) => tracing::warn!(actor = %hex_text, "a recorded actor is not hex"),
+            }
+        }
+        Ok(out)
+    }
+
+    // ----- refused work ------------------------------------------------------------
+
+    /// In one transaction: records a refusal of `id`'s changes, keeps every
+    /// change in `refused` (raw bytes, with the server's rule, path and
+    /// reason where it named the change), replaces the stored document by
+    /// `rebuilt` (the same document without those changes), marks it as
+    /// held by the server at `server_heads`, and adds a `pending` piece of
+    /// work for the refusal. Returns the refusal's id. Nothing is lost: the
+    /// rebuilt document and the kept changes together hold every change.
+    pub fn record_refusal(&mut self, r: &NewRefusal<'_>, now_ms: i64) -> Result<i64> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "INSERT INTO refusals (doc_id, server_heads, message, refused_at_ms)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![
+                r.doc_id.encode(),
+                format_heads(r.server_heads),
+                r.message,
+                now_ms
+            ],
+        )?;
+        let refusal_id = tx.last_insert_rowid();
+        {
+            let mut insert = tx.prepare(
+                "INSERT INTO refused_changes (doc_id, hash, refusal_id, data, rule, path,
+                     reason, refused_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (doc_id, hash) DO NOTHING",
+            )?;
+            for c in r.changes {
+                insert.execute(params![
+                    r.doc_id.encode(),
+                    c.hash.to_string(),
+                    refusal_id,
+                    c.data,
+                    c.rule,
+                    c.path,
+                    c.reason,
+                    now_ms
+                ])?;
+            }
+        }
+        storage::delete(&tx, r.doc_id)?;
+        storage::save_snapshot(&tx, r.doc_id, r.kind, r.rebuilt, now_ms)?;
+        tx.execute(
+            "INSERT INTO device_sync_marks (doc_id, heads, synced_at_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT (doc_id) DO UPDATE SET heads = excluded.heads,
+                 synced_at_ms = excluded.synced_at_ms",
+            params![r.doc_id.encode(), format_heads(r.server_heads), now_ms],
+        )?;
+        tx.execute(
+            "INSERT INTO refused_work (refusal_id, piece, doc_id, kind, label, state, rule,
+                 path, reason, updated_at_ms)
+             VALUES (?1, ?2, ?3, 'pending', ?4, 'pending', NULL, NULL, ?5, ?6)",
+            params![
+                refusal_id,
+                PENDING_PIECE,
+                r.doc_id.encode(),
+                format!("{} refused change(s), not written again yet", r.changes.len()),
+                r.message,
+                now_ms
+            ],
+        )?;
+        tx.commit()?;
+        Ok(refusal_id)
+    }
+
+    /// The refusals of `id`, oldest first.
+    pub fn refusals(&self, id: DocumentId) -> Result<Vec<RefusalRow>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, server_heads, message, refused_at_ms FROM refusals
+             WHERE doc_id = ?1 ORDER BY id",
+        )?;
+        let rows = stmt.query_map([id.encode()], |r| {
+            Ok(RefusalRow {
+                id: r.get(0)?,
+                doc_id: id,
+                server_heads: parse_heads(&r.get::<_, String>(1)?),
+                message: r.get(2)?,
+                refused_at_ms: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    /// The changes kept by one refusal, in the order they were stored.
+    pub fn refused_changes(&self, refusal_id: i64) -> Result<Vec<RefusedChange>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT hash, data, rule, path, reason FROM refused_changes
+             WHERE refusal_id = ?1 ORDER BY rowid",
+        )?;
+        let rows = stmt.query_map([refusal_id], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                RefusedChange {
+                    hash: ChangeHash([0; 32]),
+                    data: r.get(1)?,
+                    rule: r.get(2)?,
+                    path: r.get(3)?,
+                    reason: r.get(4)?,
+                },
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (hash, mut c) = row?;
+            c.hash = hash.parse().map_err(|_| {
+                FieldError::Storage(format!("a refused change has a bad hash {hash:?}"))
+            })?;
+            out.push(c);
+        }
+        Ok(out)
+    }
+
+    /// Writes (or updates) one piece of refused work; a piece recorded for
+    /// the same refusal under the same key is replaced.
+    pub fn set_work(&self, w: &WorkRow) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO refused_work (refusal_id, piece, doc_id, kind, label, state, rule,
+                 path, reason, updated_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+             ON CONFLICT (refusal_id, piece) DO UPDATE SET kind = excluded.kind,
+                 label = excluded.label, state = excluded.state, rule = excluded.rule,
+                 path = excluded.path, reason = excluded.reason,
+                 updated_at_ms = excluded.updated_at_ms",
+            params![
+                w.refusal_id,
+                w.piece,
+                w.doc_id.encode(),
+                w.kind,
+                w.label,
+                w.state.as_str(),
+                w.rule,
+                w.path,
+                w.reason,
+                w.updated_at_ms
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Removes the `pending` placeholder of a refusal once its pieces are known.
+    pub fn clear_pending(&self, refusal_id: i64) -> Result<()> {
+        self.conn.execute(
+            "DELETE FROM refused_work WHERE refusal_id = ?1 AND piece = ?2",
+            params![refusal_id, PENDING_PIECE],
+        )?;
+        Ok(())
+    }
+
+    /// Pieces of refused work, of one document or of all, oldest refusal
+    /// first; `rebased` ones only when `with_rebased`.
+    pub fn work(&self, doc: Option<DocumentId>, with_rebased: bool) -> Result<Vec<WorkRow>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT w.refusal_id, w.piece, w.doc_id, w.kind, w.label, w.state, w.rule, w.path,
+                    w.reason, w.updated_at_ms, r.refused_at_ms
+             FROM refused_work w JOIN refusals r ON r.id = w.refusal_id
+             WHERE (?1 IS NULL OR w.doc_id = ?1) AND (?2 OR w.state <> 'rebased')
+             ORDER BY w.refusal_id, w.rowid",
+        )?;
+        let rows = stmt.query_map(params![doc.map(|d| d.encode()), with_rebased], |r| {
+            Ok((
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(5)?,
+                WorkRow {
+                    refusal_id: r.get(0)?,
+                    piece: r.get(1)?,
+                    doc_id: DocumentId::from_bytes([0; 16]),
+                    kind: r.get(3)?,
+                    label: r.get(4)?,
+                    state: WorkState::Pending,
+                    rule: r.get(6)?,
+                    path: r.get(7)?,
+                    reason: r.get(8)?,
+                    updated_at_ms: r.get(9)?,
+                    refused_at_ms: r.get(10)?,
+                },
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (doc_id, state, mut w) = row?;
+            w.doc_id = DocumentId::parse(&doc_id).map_err(|e| {
+                FieldError::Storage(format!("refused work names a bad document {doc_id:?}: {e}"))
+            })?;
+            w.state = WorkState::parse(&state).ok_or_else(|| {
+                FieldError::Storage(format!("refused work has an unknown state {state:?}"))
+            })?;
+            out.push(w);
+        }
+        Ok(out)
+    }
+}
+
+/// The key of the placeholder piece a refusal starts with.
+pub const PENDING_PIECE: &str = "*";
+
+/// What [`DeviceStore::record_refusal`] writes.
+#[derive(Debug)]
+pub struct NewRefusal<'a> {
+    pub doc_id: DocumentId,
+    /// The document's kind, as stored.
+    pub kind: &'a str,
+    pub server_heads: &'a [ChangeHash],
+    /// The server's summary.
+    pub message: &'a str,
+    pub changes: &'a [RefusedChange],
+    /// The document without `changes`.
+    pub rebuilt: &'a Automerge,
+}
+
+/// One refused change, as kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedChange {
+    pub hash: ChangeHash,
+    /// The change's bytes (`Change::raw_bytes`).
+    pub data: Vec<u8>,
+    pub rule: Option<String>,
+    pub path: Option<String>,
+    pub reason: Option<String>,
+}
+
+/// One refusal of a document's changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusalRow {
+    pub id: i64,
+    pub doc_id: DocumentId,
+    pub server_heads: Vec<ChangeHash>,
+    pub message: String,
+    pub refused_at_ms: i64,
+}
+
+/// What became of a piece of refused work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkState {
+    /// Not worked out yet; retried after each sync.
+    Pending,
+    /// Needs a person (the reason says why); `rebase` tries again.
+    Open,
+    /// Written again on top of the server's state.
+    Rebased,
+}
+
+impl WorkState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkState::Pending => "pending",
+            WorkState::Open => "open",
+            WorkState::Rebased => "rebased",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<WorkState> {
+        [WorkState::Pending, WorkState::Open, WorkState::Rebased]
+            .into_iter()
+            .find(|w| w.as_str() == s)
+    }
+}
+
+/// One piece of refused work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkRow {
+    pub refusal_id: i64,
+    /// Where the work lives (`answers/A4`, `findings/<id>`, `photos/<sha>`,
+    /// `submissions/<id>`, `changes/<hash>`), or [`PENDING_PIECE`].
+    pub piece: String,
+    pub doc_id: DocumentId,
+    /// `answer`, `finding`, `photo`, `submission`, `change` or `pending`.
+    pub kind: String,
+    pub label: String,
+    pub state: WorkState,
+    pub rule: Option<String>,
+    pub path: Option<String>,
+    pub reason: String,
+    pub updated_at_ms: i64,
+    /// When the refusal happened (read only).
+    pub refused_at_ms: i64,
 }
 
 /// Heads as stored: comma-separated hex.
@@ -496,23 +825,7 @@ fn ensure_identity(conn: &Connection) -> Result<DeviceIdentity> {
             get(KEY_DEVICE_ID)?.unwrap_or(id)
         }
     };
-    let actor_hex = match get(KEY_ACTOR)? {
-        Some(a) => a,
-        None => {
-            let a = hex::encode(uuid::Uuid::new_v4().as_bytes());
-            conn.execute(
-                "INSERT INTO device_settings (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING",
-                params![KEY_ACTOR, a],
-            )?;
-            get(KEY_ACTOR)?.unwrap_or(a)
-        }
-    };
-    let actor = hex::decode(&actor_hex).map_err(|_| {
-        FieldError::Storage(format!(
-            "the stored device actor {actor_hex:?} is not hex; the device_settings table was edited by hand"
-        ))
-    })?;
-    Ok(DeviceIdentity { device_id, actor })
+    Ok(DeviceIdentity { device_id })
 }
 
 #[cfg(test)]
@@ -539,7 +852,6 @@ mod tests {
             .clone();
         assert_eq!(first, again);
         assert!(first.device_id.starts_with("tablet-"));
-        assert_eq!(first.actor.len(), 16);
         let other = tempfile::tempdir().unwrap();
         let other = DeviceStore::open(other.path(), None).unwrap();
         assert_ne!(other.identity().device_id, first.device_id);
@@ -554,6 +866,7 @@ mod tests {
             user_id: "u-1".into(),
             role: "inspector".into(),
             team_id: Some("t-a".into()),
+            unit_code: None,
             access_token: Some("access".into()),
             access_expires_at_ms: Some(1_000),
             refresh_token: Some("refresh".into()),

@@ -7,22 +7,33 @@
 //! every document is at the same heads on both sides — the server never
 //! announces documents, so the client `want`s the index, the catalog, and
 //! every document the index lists, including ones added while syncing;
-//! fetch templates the catalog lacks; upload photos ([`crate::upload`]).
+//! fetch templates the catalog lacks; deal with refused changes
+//! ([`crate::rebase`]); upload photos ([`crate::upload`]).
+//!
+//! Where each document stands with the server comes from the hub
+//! ([`sync_core::protocol::hub::Hub::peer_state`]) and its events; this
+//! module never decodes a frame.
+//!
+//! When the server refused changes of a document, the session keeps them
+//! and rebuilds the document from the server's history, writes the work
+//! again where no choice is needed, and runs one more session to upload
+//! it; what stays refused is in the report ([`SyncReport::refused`]).
 //!
 //! A refused token ends in [`FieldError::NeedsLogin`] with every local
 //! change still in the store; nothing here deletes or resets local work.
 #![forbid(unsafe_code)]
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use automerge::ChangeHash;
+use automerge::{ChangeHash, ReadDoc};
 use futures_util::{SinkExt, StreamExt};
 use sync_core::DocumentId;
 use sync_core::model;
 use sync_core::protocol::hub::{ConnId, Event};
+use sync_core::protocol::message::{ErrorCode, ErrorDetail};
 use sync_core::template::Template;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -33,8 +44,12 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use crate::engine::{Engine, Outcome};
 use crate::error::{FieldError, Result};
 use crate::http::ServerApi;
+use crate::rebase::{self, SessionRefusal};
 use crate::store::Session;
-use crate::tablet::{KEY_CATALOG_DOC, KEY_INDEX_DOC, Shared, session_info, template_ref_of};
+use crate::tablet::{
+    KEY_CATALOG_DOC, KEY_INDEX_DOC, Shared, refused_views, session_info, template_ref_of,
+    writer_of,
+};
 use crate::types::{SessionInfo, SyncListener, SyncPhase, SyncProgress, SyncReport};
 use crate::upload;
 
@@ -152,13 +167,19 @@ pub(crate) async fn login(
         user_id: me.user_id,
         role: me.role,
         team_id: me.team_id,
+        unit_code: me.unit_code,
         access_token: Some(pair.access_token),
         access_expires_at_ms: Some(now.saturating_add(pair.expires_in.saturating_mul(1000))),
         refresh_token: Some(pair.refresh_token),
     };
     let info = session_info(device_id, Some(session.clone()));
     shared
-        .with_engine(move |e, now| e.store().save_session(&session, now))
+        .with_engine(move |e, now| -> Result<()> {
+            e.store().save_session(&session, now)?;
+            // The server binds an actor to one user and device.
+            e.rotate_actor();
+            Ok(())
+        })
         .await??;
     Ok(info)
 }
@@ -213,23 +234,43 @@ async fn access_token(shared: &Arc<Shared>, force_refresh: bool) -> Result<(Serv
 
 // ----- sync --------------------------------------------------------------------------
 
-/// Syncs, retrying transient failures with backoff.
+/// Syncs, retrying transient failures with backoff. When refused work was
+/// written again, one more session uploads it.
 pub(crate) async fn sync(shared: Arc<Shared>, listener: Listener) -> Result<SyncReport> {
     let _one_at_a_time = shared.sync_lock.lock().await;
     let max_attempts = shared.config.max_sync_attempts.max(1);
     let mut backoff = Backoff::new(shared.config.backoff_base_ms, shared.config.backoff_max_ms);
     let mut attempt = 0;
+    let mut first: Option<SyncReport> = None;
     loop {
         attempt += 1;
         match session(&shared, attempt, &listener).await {
             Ok(mut report) => {
                 report.attempts = attempt;
+                if let Some(before) = first.take() {
+                    return Ok(merge_reports(before, report));
+                }
+                if report.rebased > 0 {
+                    // Upload what was written again, in a session of its own.
+                    first = Some(report);
+                    attempt = 0;
+                    backoff.reset();
+                    continue;
+                }
                 return Ok(report);
             }
             Err(e) => {
                 tracing::warn!(attempt, error = %e, "sync attempt failed");
                 emit_error(&listener, &e.to_string());
                 if !e.is_transient() || attempt >= max_attempts {
+                    // The first session's work is done; the upload waits.
+                    if let Some(mut report) = first.take() {
+                        report.warnings.push(format!(
+                            "the refused work that was written again is not uploaded yet ({e}); \
+                             sync again"
+                        ));
+                        return Ok(report);
+                    }
                     return Err(e);
                 }
                 let delay = {
@@ -250,6 +291,24 @@ pub(crate) async fn sync(shared: Arc<Shared>, listener: Listener) -> Result<Sync
                 tokio::time::sleep(Duration::from_millis(delay)).await;
             }
         }
+    }
+}
+
+/// A report for `after` once `before` was merged into it.
+fn merge_reports(before: SyncReport, after: SyncReport) -> SyncReport {
+    let mut warnings = before.warnings;
+    warnings.extend(after.warnings);
+    SyncReport {
+        attempts: before.attempts.saturating_add(after.attempts),
+        documents: after.documents,
+        documents_changed: before
+            .documents_changed
+            .saturating_add(after.documents_changed),
+        photos_uploaded: before.photos_uploaded.saturating_add(after.photos_uploaded),
+        bytes_uploaded: before.bytes_uploaded.saturating_add(after.bytes_uploaded),
+        warnings,
+        rebased: before.rebased.saturating_add(after.rebased),
+        refused: after.refused,
     }
 }
 
@@ -330,6 +389,27 @@ async fn session(shared: &Arc<Shared>, attempt: u32, listener: &Listener) -> Res
     let mut warnings = exchanged.warnings;
     fetch_templates(shared, &api, &token, &mut warnings).await?;
 
+    // Refused changes: keep them, rebuild from the server's history, and
+    // write again what needs no choice (also work left pending earlier).
+    let refusals = exchanged.refusals;
+    let (settled, refused) = shared
+        .with_engine(move |e, now| -> Result<_> {
+            let who = writer_of(e).ok();
+            let settled = rebase::settle(e, who.as_ref(), &refusals, now)?;
+            Ok((settled, refused_views(e, None)?))
+        })
+        .await??;
+    warnings.extend(settled.warnings);
+    for r in &refused {
+        emit_error(
+            listener,
+            &format!(
+                "the server refused {} of document {}: {}",
+                r.label, r.document_id, r.reason
+            ),
+        );
+    }
+
     progress.phase = SyncPhase::Photos;
     emit(listener, &progress);
     let photos = upload::upload_pending(shared, &api, &token, listener, &mut progress).await?;
@@ -345,6 +425,8 @@ async fn session(shared: &Arc<Shared>, attempt: u32, listener: &Listener) -> Res
         photos_uploaded: photos.uploaded,
         bytes_uploaded: photos.bytes,
         warnings,
+        rebased: settled.rebased,
+        refused,
     })
 }
 
@@ -393,6 +475,8 @@ struct Exchanged {
     documents: u32,
     changed: u32,
     warnings: Vec<String>,
+    /// Documents whose changes the server refused, with its heads.
+    refusals: Vec<SessionRefusal>,
 }
 
 /// The ids an index lists.
@@ -403,21 +487,36 @@ fn listed(e: &Engine, index_id: DocumentId) -> Vec<DocumentId> {
         .unwrap_or_default()
 }
 
+/// Where one document stands with the server, from the hub.
+#[derive(Debug, Clone, Default)]
+struct DocView {
+    /// Our heads (sorted).
+    ours: Vec<ChangeHash>,
+    /// The server's last announced heads (sorted), if it said any.
+    theirs: Option<Vec<ChangeHash>>,
+    /// Both at the same heads, nothing of ours waiting to be stored.
+    in_sync: bool,
+    /// The server refused changes of ours.
+    refused: bool,
+    /// The exchange was cut.
+    aborted: bool,
+    /// Every head the server announced is here (its changes arrived).
+    theirs_known: bool,
+}
+
 /// The engine's state after one step.
 struct Snapshot {
     out: Outcome,
     /// The handshake is done.
     ready: bool,
-    /// The hub sees every exchange quiet at equal heads.
-    hub_synced: bool,
-    /// Heads (sorted) of every document held.
-    heads: BTreeMap<DocumentId, Vec<ChangeHash>>,
+    /// Every document held.
+    docs: BTreeMap<DocumentId, DocView>,
     /// Documents asked for in this step.
     wanted: Vec<DocumentId>,
 }
 
 /// Runs `f` on the engine, then wants whatever the index lists that is not
-/// held (the index may just have changed), and reports where things stand.
+/// held yet (the index may have changed), and snapshots where things stand.
 async fn step(
     shared: &Arc<Shared>,
     conn: ConnId,
@@ -440,16 +539,32 @@ async fn step(
                     }
                 }
             }
-            let heads = e
-                .document_ids()
-                .into_iter()
-                .filter_map(|id| e.document(&id).map(|d| (id, sorted(d.get_heads()))))
-                .collect();
+            let mut docs = BTreeMap::new();
+            for id in e.document_ids() {
+                let Some(doc) = e.document(&id) else {
+                    continue;
+                };
+                let mut view = DocView {
+                    ours: sorted(doc.get_heads()),
+                    ..DocView::default()
+                };
+                if let Some(state) = e.server_state(conn, &id) {
+                    view.theirs_known = state
+                        .their_heads
+                        .iter()
+                        .flatten()
+                        .all(|h| doc.get_change_by_hash(h).is_some());
+                    view.theirs = state.their_heads.map(sorted);
+                    view.in_sync = state.in_sync;
+                    view.refused = state.refused;
+                    view.aborted = state.aborted;
+                }
+                docs.insert(id, view);
+            }
             Ok(Snapshot {
                 out,
                 ready: e.hub().is_ready(conn),
-                hub_synced: e.is_synced(conn),
-                heads,
+                docs,
                 wanted,
             })
         })
@@ -461,61 +576,37 @@ fn sorted(mut heads: Vec<ChangeHash>) -> Vec<ChangeHash> {
     heads
 }
 
-/// Where each document stands with the server, as the session sees it.
+/// Where each document stands with the server, as the session sees it:
+/// from the hub's events (and [`Snapshot`]s of its state), never from frames.
 #[derive(Default)]
 struct Tracker {
-    /// Heads the server last announced per document. The server sends a
-    /// sync message only after committing what it reflects, so a document
-    /// whose announced heads equal ours is durably on the server.
-    server_heads: HashMap<DocumentId, Vec<ChangeHash>>,
     /// Documents asked for (they must arrive or be refused).
     wanted: BTreeSet<DocumentId>,
-    /// Documents the server will not serve or refused changes of.
+    /// Documents the server will not serve or could not sync now.
     excluded: BTreeSet<DocumentId>,
+    /// Documents whose changes the server refused: its message and detail.
+    refused: BTreeMap<DocumentId, (String, ErrorDetail)>,
     changed: BTreeSet<DocumentId>,
     warnings: Vec<String>,
 }
 
 impl Tracker {
-    /// Notes the heads an incoming `sync` frame announces. Only reads the
-    /// frame; the hub does the protocol.
-    fn observe(&mut self, bytes: &[u8]) {
-        let limits = sync_core::protocol::Limits::default();
-        match sync_core::protocol::decode(bytes, &limits) {
-            Ok(
-                sync_core::protocol::Message::Sync {
-                    document_id, data, ..
-                }
-                | sync_core::protocol::Message::Request {
-                    document_id, data, ..
-                },
-            ) => {
-                if let Ok(m) = automerge::sync::Message::decode(&data) {
-                    self.server_heads.insert(document_id, sorted(m.heads));
-                }
-            }
-            Ok(sync_core::protocol::Message::DocUnavailable { document_id, .. }) => {
-                self.excluded.insert(document_id);
-            }
-            _ => {}
-        }
-    }
-
-    /// Whether the server holds every document at our heads.
+    /// Whether every document is settled with the server: at the same
+    /// heads, or refused (with the server's changes here), or out of this
+    /// session (unavailable, cut, failed on the server).
     fn done(&self, snap: &Snapshot) -> bool {
         if !snap.ready {
             return false;
         }
-        if snap.hub_synced {
-            return true;
-        }
-        let arrived = self
-            .wanted
-            .iter()
-            .all(|id| snap.heads.contains_key(id) || self.excluded.contains(id));
+        let arrived = self.wanted.iter().all(|id| {
+            snap.docs.contains_key(id) || self.excluded.contains(id) || self.refused.contains_key(id)
+        });
         arrived
-            && snap.heads.iter().all(|(id, heads)| {
-                self.excluded.contains(id) || self.server_heads.get(id) == Some(heads)
+            && snap.docs.iter().all(|(id, d)| {
+                self.excluded.contains(id)
+                    || d.aborted
+                    || d.in_sync
+                    || (d.refused && d.theirs_known)
             })
     }
 
@@ -526,18 +617,42 @@ impl Tracker {
                 Event::DocumentChanged { document_id } => {
                     self.changed.insert(document_id);
                 }
-                Event::PeerError { message, .. } => {
-                    // The server names the document in "document <id>: …".
-                    if let Some(id) = message
-                        .strip_prefix("document ")
-                        .and_then(|rest| rest.split(':').next())
-                        .and_then(|id| DocumentId::parse(id.trim()).ok())
-                    {
-                        self.excluded.insert(id);
+                Event::Refused {
+                    document_id,
+                    detail,
+                    ..
+                } => {
+                    self.refused
+                        .entry(document_id)
+                        .or_insert_with(|| (String::new(), detail));
+                }
+                Event::PeerError {
+                    message, detail, ..
+                } => {
+                    let refused = detail
+                        .as_ref()
+                        .is_some_and(|d| d.code.as_deref() == Some(ErrorCode::Refused.as_str()));
+                    match detail.as_ref().and_then(|d| d.document_id) {
+                        // Reported with `Refused`; keep the server's words.
+                        Some(id) if refused => {
+                            if let Some((m, _)) = self.refused.get_mut(&id)
+                                && m.is_empty()
+                            {
+                                m.clone_from(&message);
+                            }
+                        }
+                        Some(id) => {
+                            self.excluded.insert(id);
+                            let w = format!("the server reported about document {id}: {message}");
+                            emit_error(listener, &w);
+                            self.warnings.push(w);
+                        }
+                        None => {
+                            let w = format!("the server reported: {message}");
+                            emit_error(listener, &w);
+                            self.warnings.push(w);
+                        }
                     }
-                    let w = format!("the server reported: {message}");
-                    emit_error(listener, &w);
-                    self.warnings.push(w);
                 }
                 Event::RemoteUnavailable { document_id, .. } => {
                     self.excluded.insert(document_id);
@@ -559,6 +674,7 @@ impl Tracker {
                     return Err(FieldError::Sync(format!("sync protocol error: {error}")));
                 }
                 Event::PeerJoined { .. }
+                | Event::LoadFailed { .. }
                 | Event::Ephemeral { .. }
                 | Event::Rejected { .. }
                 | Event::Unavailable { .. } => {}
@@ -610,7 +726,7 @@ async fn exchange(
         let before = t.changed.len();
         t.handle(conn, std::mem::take(&mut snap.out), listener)?;
         if t.changed.len() != before {
-            progress.documents = u32::try_from(snap.heads.len()).unwrap_or(u32::MAX);
+            progress.documents = u32::try_from(snap.docs.len()).unwrap_or(u32::MAX);
             emit(listener, progress);
         }
         while let Ok(bytes) = out_rx.try_recv() {
@@ -635,7 +751,6 @@ async fn exchange(
                 Some(Err(e)) => return Err(lost(&e)),
                 Some(Ok(Message::Binary(bytes))) => {
                     trace_frame("in", &bytes);
-                    t.observe(&bytes);
                     let bytes = bytes.to_vec();
                     Some(step(shared, conn, index_id, move |e, now| {
                         Ok((e.receive(conn, &bytes, now)?, Vec::new()))
@@ -665,12 +780,24 @@ async fn exchange(
     // The heads the server confirmed, not the current ones: an edit made
     // while the session ends is not on the server yet.
     let confirmed: Vec<(DocumentId, Vec<ChangeHash>)> = snap
-        .heads
+        .docs
         .iter()
-        .filter(|(id, heads)| {
-            !t.excluded.contains(id) && (snap.hub_synced || t.server_heads.get(id) == Some(heads))
+        .filter(|(id, d)| {
+            !t.excluded.contains(id)
+                && !d.refused
+                && d.in_sync
+                && d.theirs.as_ref() == Some(&d.ours)
         })
-        .map(|(id, heads)| (*id, heads.clone()))
+        .map(|(id, d)| (*id, d.ours.clone()))
+        .collect();
+    let refusals: Vec<SessionRefusal> = std::mem::take(&mut t.refused)
+        .into_iter()
+        .map(|(id, (message, detail))| SessionRefusal {
+            document_id: id,
+            server_heads: snap.docs.get(&id).and_then(|d| d.theirs.clone()),
+            message,
+            detail,
+        })
         .collect();
     shared
         .with_engine(move |e, now| e.mark_synced(&confirmed, now))
@@ -678,9 +805,10 @@ async fn exchange(
     // A polite close; the server may already be gone.
     let _ = tokio::time::timeout(Duration::from_secs(2), sink.close()).await;
     Ok(Exchanged {
-        documents: u32::try_from(snap.heads.len()).unwrap_or(u32::MAX),
+        documents: u32::try_from(snap.docs.len()).unwrap_or(u32::MAX),
         changed: u32::try_from(t.changed.len()).unwrap_or(u32::MAX),
         warnings: t.warnings,
+        refusals,
     })
 }
 
@@ -690,25 +818,10 @@ fn lost(e: &tungstenite::Error) -> FieldError {
     ))
 }
 
-/// One line per frame at `trace` level: which message, about which document.
+/// One line per frame at `trace` level: its direction and size (what a
+/// frame says is the hub's business).
 fn trace_frame(dir: &str, bytes: &[u8]) {
-    if tracing::enabled!(tracing::Level::TRACE) {
-        match sync_core::protocol::decode(bytes, &sync_core::protocol::Limits::default()) {
-            Ok(m) => {
-                let doc = match &m {
-                    sync_core::protocol::Message::Sync { document_id, .. }
-                    | sync_core::protocol::Message::Request { document_id, .. }
-                    | sync_core::protocol::Message::DocUnavailable { document_id, .. } => {
-                        document_id.to_string()
-                    }
-                    sync_core::protocol::Message::Error { message, .. } => message.clone(),
-                    _ => String::new(),
-                };
-                tracing::trace!(dir, msg = m.type_name(), doc, bytes = bytes.len(), "frame");
-            }
-            Err(e) => tracing::trace!(dir, error = %e, "undecodable frame"),
-        }
-    }
+    tracing::trace!(dir, bytes = bytes.len(), "frame");
 }
 
 /// Fetches, over HTTP, templates that inspections name and no catalog held

@@ -19,7 +19,9 @@ use std::time::Duration;
 
 use automerge::{ObjType, ROOT, ReadDoc, ScalarValue, Value};
 use sync_core::DocumentId;
+use sync_core::access::PeerInfo;
 use sync_core::model::{self, Answer, DocKind, Finding, MemberRole, PhotoRef, Severity};
+use sync_core::policy::Role;
 use sync_core::template::Template;
 use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
@@ -30,7 +32,8 @@ use crate::engine::Engine;
 use crate::error::{FieldError, Result};
 use crate::http::ServerApi;
 use crate::photo::{self, PhotoOptions};
-use crate::store::{DeviceStore, PhotoRow, Session};
+use crate::rebase;
+use crate::store::{DeviceStore, PhotoRow, Session, WorkRow};
 use crate::sync::{self, Listener, Rng, XorShift};
 use crate::types::*;
 
@@ -490,14 +493,40 @@ impl Tablet {
         })
     }
 
+    // ----- refused work ------------------------------------------------------------------
+
+    /// Work the server refused that is not on the server: kept on this
+    /// device, each piece with the reason. Pieces that need no choice are
+    /// written again automatically after each sync; the others stay here
+    /// until [`Tablet::rebase`] succeeds for them.
+    pub fn refused(&self) -> Result<Vec<RefusedView>> {
+        let engine = self.shared.engine();
+        refused_views(&engine, None)
+    }
+
+    /// Tries again to write the refused work of one inspection (or other
+    /// document) on top of the server's state, every piece checked as a
+    /// new edit. Sync afterwards to upload what was written.
+    pub fn rebase(&self, inspection: &str) -> Result<RebaseReport> {
+        let id = self.resolve_inspection(inspection)?;
+        let who = self.writer()?;
+        let now = self.shared.now_ms();
+        let mut engine = self.shared.engine();
+        let done = rebase::rebase_document(&mut engine, &who, id, true, now)?;
+        Ok(RebaseReport {
+            document_id: id.encode(),
+            reapplied: done.reapplied,
+            refused: refused_views(&engine, Some(id))?,
+        })
+    }
+
     // ----- writing ---------------------------------------------------------------------
 
-    fn author(&self) -> Result<String> {
-        self.shared.session()?.map(|s| s.user_id).ok_or_else(|| {
-            FieldError::NeedsLogin(
-                "nobody has logged in on this device yet; log in once (then work offline)".into(),
-            )
-        })
+    /// Who writes: the signed-in user (also after the tokens expired), as
+    /// the server will see them. Every edit is checked for this identity.
+    fn writer(&self) -> Result<PeerInfo> {
+        let engine = self.shared.engine();
+        writer_of(&engine)
     }
 
     /// Answers an item. `value` is text as [`crate::answer`] describes it.
@@ -535,7 +564,8 @@ impl Tablet {
         settle: bool,
     ) -> Result<AnswerView> {
         let id = self.resolve_inspection(inspection)?;
-        let by = self.author()?;
+        let who = self.writer()?;
+        let by = who.user_id.clone();
         let now = self.shared.now_ms();
         let fields: BTreeMap<String, String> = fields.into_iter().collect();
         let mut engine = self.shared.engine();
@@ -574,7 +604,7 @@ impl Tablet {
         };
         let item = item_id.to_owned();
         let written = ans.clone();
-        engine.edit(id, now, move |tx| {
+        engine.edit(id, &who, now, move |tx| {
             if settle {
                 model::settle_answer(tx, &item, &written)
             } else {
@@ -587,7 +617,8 @@ impl Tablet {
     /// Adds a finding; returns its id.
     pub fn add_finding(&self, inspection: &str, finding: NewFinding) -> Result<String> {
         let id = self.resolve_inspection(inspection)?;
-        let by = self.author()?;
+        let who = self.writer()?;
+        let by = who.user_id.clone();
         let now = self.shared.now_ms();
         let severity = parse_severity(&finding.severity)?;
         if finding.title.trim().is_empty() {
@@ -615,7 +646,7 @@ impl Tablet {
             deleted: false,
         };
         let fid = finding_id.clone();
-        engine.edit(id, now, move |tx| model::add_finding(tx, &fid, &f))?;
+        engine.edit(id, &who, now, move |tx| model::add_finding(tx, &fid, &f))?;
         Ok(finding_id)
     }
 
@@ -627,6 +658,7 @@ impl Tablet {
         edit: FindingEdit,
     ) -> Result<()> {
         let id = self.resolve_inspection(inspection)?;
+        let who = self.writer()?;
         let now = self.shared.now_ms();
         let severity = edit.severity.as_deref().map(parse_severity).transpose()?;
         if edit.title.as_deref().is_some_and(|t| t.trim().is_empty()) {
@@ -640,7 +672,7 @@ impl Tablet {
             FieldError::NotFound(format!("finding {finding_id:?} is not in this inspection"))
         })?;
         let fid = finding_id.to_owned();
-        engine.edit(id, now, move |tx| {
+        engine.edit(id, &who, now, move |tx| {
             if let Some(t) = &edit.title {
                 model::update_finding_title(tx, &fid, t)?;
             }
@@ -677,7 +709,8 @@ impl Tablet {
         target: PhotoTarget,
     ) -> Result<AddedPhoto> {
         let id = self.resolve_inspection(inspection)?;
-        let by = self.author()?;
+        let who = self.writer()?;
+        let by = who.user_id.clone();
         let cfg = &self.shared.config;
         let opts = PhotoOptions {
             max_side_px: cfg.photo_max_side_px,
@@ -730,9 +763,10 @@ impl Tablet {
             caption: target.caption.filter(|c| !c.trim().is_empty()),
             by,
             at: now,
+            deleted: false,
         };
         let sha = prepared.sha256.clone();
-        engine.edit(id, now, move |tx| {
+        engine.edit(id, &who, now, move |tx| {
             model::add_photo(tx, &photo_ref)?;
             if let Some(f) = &target.finding_id {
                 model::add_finding_photo(tx, f, &sha)?;
@@ -752,12 +786,13 @@ impl Tablet {
     /// Hands the inspection in; returns the submission id.
     pub fn submit(&self, inspection: &str, note: Option<String>) -> Result<String> {
         let id = self.resolve_inspection(inspection)?;
-        let by = self.author()?;
+        let who = self.writer()?;
+        let by = who.user_id.clone();
         let now = self.shared.now_ms();
         let sid = uuid::Uuid::now_v7().to_string();
         let s = sid.clone();
         let note = note.filter(|n| !n.trim().is_empty());
-        self.shared.engine().edit(id, now, move |tx| {
+        self.shared.engine().edit(id, &who, now, move |tx| {
             model::submit(tx, &s, &by, now, note.as_deref())
         })?;
         Ok(sid)
@@ -777,6 +812,59 @@ impl Tablet {
 }
 
 // ----- helpers -----------------------------------------------------------------------
+
+/// The identity local edits are checked with: the signed-in user (kept
+/// when the tokens expire) on this device.
+pub(crate) fn peer_info(device_id: &str, s: &Session) -> Result<PeerInfo> {
+    let role = Role::parse(&s.role).ok_or_else(|| {
+        FieldError::NotAllowed(format!(
+            "the server gave {} the role {:?}, which this app does not know; update the app",
+            s.username, s.role
+        ))
+    })?;
+    Ok(PeerInfo {
+        user_id: s.user_id.clone(),
+        role,
+        team_id: s.team_id.clone(),
+        unit_code: s.unit_code.clone(),
+        device_id: device_id.to_owned(),
+    })
+}
+
+/// [`peer_info`] of the engine's store, or "log in" when nobody has.
+pub(crate) fn writer_of(engine: &Engine) -> Result<PeerInfo> {
+    let session = engine.store().session()?.ok_or_else(|| {
+        FieldError::NeedsLogin(
+            "nobody has logged in on this device yet; log in once (then work offline)".into(),
+        )
+    })?;
+    peer_info(&engine.store().identity().device_id, &session)
+}
+
+/// The refused work of one document (or all), as shown.
+pub(crate) fn refused_views(engine: &Engine, doc: Option<DocumentId>) -> Result<Vec<RefusedView>> {
+    Ok(engine
+        .store()
+        .work(doc, false)?
+        .into_iter()
+        .map(refused_view)
+        .collect())
+}
+
+fn refused_view(w: WorkRow) -> RefusedView {
+    RefusedView {
+        document_id: w.doc_id.encode(),
+        refusal_id: w.refusal_id,
+        piece: w.piece,
+        kind: w.kind,
+        label: w.label,
+        state: w.state.as_str().to_owned(),
+        rule: w.rule,
+        path: w.path.filter(|p| !p.is_empty()),
+        reason: w.reason,
+        refused_at_ms: w.refused_at_ms,
+    }
+}
 
 pub(crate) fn session_info(device_id: String, s: Option<Session>) -> SessionInfo {
     match s {

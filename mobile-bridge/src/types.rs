@@ -360,9 +360,55 @@ pub struct SyncReport {
     pub documents_changed: u32,
     pub photos_uploaded: u32,
     pub bytes_uploaded: u64,
-    /// Problems that did not stop the sync (a refused change, a photo that
-    /// will be retried).
+    /// Problems that did not stop the sync (a document the server would not
+    /// serve, a photo that will be retried).
     pub warnings: Vec<String>,
+    /// Pieces of refused work written again on top of the server's state
+    /// (and uploaded) during this sync.
+    pub rebased: u32,
+    /// Work the server refused that is still not on the server: kept on
+    /// this device, each with the reason (see `refused`). Empty when every
+    /// piece of work is on the server.
+    pub refused: Vec<RefusedView>,
+}
+
+/// A piece of work the server refused and that is not on the server: kept
+/// on this device with the reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, uniffi::Record)]
+pub struct RefusedView {
+    /// The document (inspection) it belongs to.
+    pub document_id: String,
+    /// Which refusal (several may concern one document).
+    pub refusal_id: i64,
+    /// Where the work lives: `answers/A4`, `findings/<id>`,
+    /// `findings/<id>/note`, `photos/<sha256>`, `submissions/<id>`,
+    /// `changes/<hash>` (a change of another kind of document), or `*`
+    /// (not worked out yet).
+    pub piece: String,
+    /// `answer`, `finding`, `photo`, `submission`, `change` or `pending`.
+    pub kind: String,
+    /// What it is, for people (`answer A4 = yes`, `finding "…"`).
+    pub label: String,
+    /// `open`: a person has to act (the reason says why; `rebase` tries
+    /// again); `pending`: tried again automatically after each sync.
+    pub state: String,
+    /// The rule that refuses it (`invalid`, `settle`, `member`, …), if known.
+    pub rule: Option<String>,
+    /// The path the rule names.
+    pub path: Option<String>,
+    pub reason: String,
+    pub refused_at_ms: i64,
+}
+
+/// What `rebase` did for one document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, uniffi::Record)]
+pub struct RebaseReport {
+    pub document_id: String,
+    /// Pieces of work written again (sync to upload them), or found
+    /// already on the server.
+    pub reapplied: Vec<String>,
+    /// What stays refused, with the reasons.
+    pub refused: Vec<RefusedView>,
 }
 
 /// One local document, for `status`.

@@ -226,7 +226,7 @@ pub async fn ensure_catalog(db: &Db, sync: &SyncService) -> Result<DocumentId, A
 }
 
 fn server_doc() -> Automerge {
-    Automerge::new().with_actor(automerge::ActorId::from(b"kiemtra-server".to_vec()))
+    Automerge::new().with_actor(crate::sync::server_actor())
 }
 
 /// Runs model writes as one automerge change.

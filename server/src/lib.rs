@@ -24,6 +24,8 @@ pub mod clock;
 pub mod db;
 pub mod demo;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod inspections;
 pub mod projection;
 pub mod reference;
@@ -139,7 +141,9 @@ pub async fn start(settings: Settings) -> Result<(AppState, Prepared), StartErro
         db.path().to_path_buf(),
         templates,
         &settings.sync,
-    ) {
+    )
+    .await
+    {
         Ok(s) => s,
         Err(e) => return Err(close_after(&db, StartError::Task(e.to_string())).await),
     };

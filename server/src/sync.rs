@@ -11,35 +11,47 @@
 //! command is contained: the connection it came from is closed, the others
 //! go on.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use automerge::{ActorId, Automerge, ChangeHash};
+use automerge::{ActorId, Automerge, Change, ChangeHash};
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use rusqlite::{Connection, OpenFlags};
-use sync_core::access::{DocumentRules, PeerInfo};
+use sync_core::access::{ActorOwner, DocumentRules, PeerInfo, SERVER_USER};
 use sync_core::ids::DocumentId;
 use sync_core::model;
-use sync_core::protocol::hub::{ConnId, Effects, Event, Hub, HubConfig, Mode, StoreRequest};
-use sync_core::storage;
+use sync_core::protocol::hub::{
+    ConnId, Effects, Event, Hub, HubConfig, Mode, Refusal, StoreRequest,
+};
+use sync_core::storage::{self, StorageError};
 use sync_core::template::TemplateRegistry;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::AppState;
 use crate::auth::AuthUser;
 use crate::clock;
-use crate::db::{Db, DbError};
+use crate::db::{self, Db, DbError};
 use crate::projection;
 use crate::settings::SyncSettings;
 
 /// The server's peer id in `peer` messages.
 pub const SERVER_PEER_ID: &str = "kiemtra-server";
+
+/// The device the server's own actor is bound to in the actor registry.
+pub const SERVER_DEVICE: &str = "server";
+
+/// The automerge actor of every change the server writes (documents it
+/// creates, its edits). Bound to [`SERVER_USER`] at start, so no peer can
+/// write under it.
+pub fn server_actor() -> ActorId {
+    ActorId::from(b"kiemtra-server".to_vec())
+}
 
 /// Frames queued towards one WebSocket before it counts as too slow.
 const OUTBOX_CAPACITY: usize = 1024;
@@ -136,7 +148,14 @@ impl std::fmt::Debug for Command {
 impl SyncService {
     /// Starts the hub thread. `db_path` is opened read-only for loading
     /// documents; every write goes through `db`'s writer.
-    pub fn start(
+    ///
+    /// Before serving, the thread binds the server's own actor to
+    /// [`SERVER_USER`] and loads the actor registry (`actors` table) into
+    /// the document rules: a change under an actor recorded for another
+    /// user or device is refused. Returns once that is done; fails if the
+    /// registry cannot be read (serving without it would let a peer write
+    /// under another device's actor).
+    pub async fn start(
         db: Db,
         db_path: PathBuf,
         templates: TemplateRegistry,
@@ -146,22 +165,37 @@ impl SyncService {
         let mut config = HubConfig::new(Mode::Server, SERVER_PEER_ID);
         config.limits.max_message_bytes = settings.max_message_bytes;
         config.max_rounds_without_progress = settings.max_rounds_without_progress;
-        config.actor = Some(ActorId::from(b"kiemtra-server".to_vec()));
-        let hub = Hub::new(config, DocumentRules::new(templates));
+        config.actor = Some(server_actor());
+        let hub = Hub::new(config, document_rules(templates));
+        let (ready_tx, ready_rx) = oneshot::channel();
         std::thread::Builder::new()
             .name("kiemtra-sync".into())
             .spawn(move || {
-                let mut worker = Worker {
-                    hub,
-                    db,
-                    db_path,
-                    reader: None,
-                    outboxes: HashMap::new(),
-                    who: HashMap::new(),
-                    peers: HashMap::new(),
-                };
-                worker.run(rx);
+                let mut worker = Worker::new(hub, db, db_path);
+                match worker.load_actors() {
+                    Ok(n) => {
+                        tracing::info!(actors = n, "actor registry loaded");
+                        let _ = ready_tx.send(Ok(()));
+                        worker.run(rx);
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                }
             })?;
+        match ready_rx.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                return Err(std::io::Error::other(format!(
+                    "cannot load the actor registry: {e}"
+                )));
+            }
+            Err(_) => {
+                return Err(std::io::Error::other(
+                    "the sync thread stopped while starting",
+                ));
+            }
+        }
         let service = Self {
             tx,
             next_conn: Arc::new(AtomicU64::new(1)),
@@ -227,6 +261,20 @@ impl SyncService {
             .await
             .map_err(|_| SyncError::Stopped)
     }
+}
+
+/// The server's document rules, with its own actor bound to
+/// [`SERVER_USER`] before anything else can claim it.
+fn document_rules(templates: TemplateRegistry) -> DocumentRules {
+    let mut rules = DocumentRules::new(templates);
+    rules.bind_actor(
+        server_actor(),
+        ActorOwner {
+            user_id: SERVER_USER.to_owned(),
+            device_id: SERVER_DEVICE.to_owned(),
+        },
+    );
+    rules
 }
 
 /// `GET /sync`: authenticated on upgrade (Bearer header or `?token=`).
@@ -389,11 +437,147 @@ struct Worker {
     who: HashMap<ConnId, PeerInfo>,
     /// Peer id announced in `join` → the connection and device it is bound to.
     peers: HashMap<String, (ConnId, String)>,
+    /// Connections that ended during the current batch. Their identity
+    /// stays in `who` until the batch is committed: changes they sent
+    /// before leaving are still stored, audited and their actors recorded
+    /// under their user and device.
+    departed: Vec<ConnId>,
 }
 
 type Reply = oneshot::Sender<Result<Vec<ChangeHash>, SyncError>>;
 
+/// What one document contributes to a group commit: everything the
+/// transaction needs, computed on the hub thread beforehand.
+struct DocumentWrite {
+    id: DocumentId,
+    kind: String,
+    /// The projection rows as of the end of the batch (None: the hub no
+    /// longer holds the document).
+    rows: Option<projection::Rows>,
+    /// One part per store request, in order.
+    parts: Vec<WritePart>,
+}
+
+/// One store request's share of a [`DocumentWrite`].
+struct WritePart {
+    changes: Vec<Change>,
+    /// The user the audit row names (None: the server itself).
+    user_id: Option<String>,
+    /// Whom the actors of `changes` belong to (changes from a connection).
+    owner: Option<ActorOwner>,
+    created: bool,
+}
+
+/// Name of the savepoint each document of a group commit is written in.
+const DOCUMENT_SAVEPOINT: &str = "sync_document";
+
+/// Writes one document's share of a group commit inside its own savepoint:
+/// `Ok(Err(reason))` when it failed and was rolled back alone, `Err` when
+/// even the rollback failed (the whole transaction must then be abandoned).
+fn write_document(
+    tx: &rusqlite::Transaction<'_>,
+    write: &DocumentWrite,
+    now_ms: i64,
+    at: &str,
+) -> Result<Result<(), String>, SyncError> {
+    if let Err(e) = tx.execute_batch(&format!("SAVEPOINT {DOCUMENT_SAVEPOINT}")) {
+        // Nothing of this document was written.
+        return Ok(Err(e.to_string()));
+    }
+    match write_document_rows(tx, write, now_ms, at) {
+        Ok(()) => match tx.execute_batch(&format!("RELEASE {DOCUMENT_SAVEPOINT}")) {
+            Ok(()) => Ok(Ok(())),
+            Err(e) => Err(SyncError::Storage(format!(
+                "releasing the savepoint of document {}: {e}",
+                write.id
+            ))),
+        },
+        Err(reason) => {
+            tx.execute_batch(&format!(
+                "ROLLBACK TO {DOCUMENT_SAVEPOINT}; RELEASE {DOCUMENT_SAVEPOINT}"
+            ))
+            .map_err(|e| {
+                SyncError::Storage(format!(
+                    "rolling back document {} after {reason}: {e}",
+                    write.id
+                ))
+            })?;
+            Ok(Err(reason))
+        }
+    }
+}
+
+/// The rows of one document: change bytes, projection, audit rows and the
+/// actors of changes that came from a connection.
+fn write_document_rows(
+    tx: &rusqlite::Transaction<'_>,
+    write: &DocumentWrite,
+    now_ms: i64,
+    at: &str,
+) -> Result<(), String> {
+    let id = write.id;
+    let subject = id.to_string();
+    for part in &write.parts {
+        storage::append_changes(tx, id, &write.kind, &part.changes, now_ms)
+            .map_err(|e| e.to_string())?;
+        let detail = serde_json::json!({
+            "kind": write.kind,
+            "changes": part.changes.iter().map(|c| c.hash().to_string()).collect::<Vec<_>>(),
+            "created": part.created,
+        });
+        crate::audit::append(
+            tx,
+            at,
+            &crate::audit::AuditEntry {
+                actor: Some(part.user_id.as_deref().unwrap_or("system")),
+                action: "document.change",
+                subject: &subject,
+                detail,
+            },
+        )
+        .map_err(|e| format!("audit row: {e}"))?;
+        if let Some(owner) = &part.owner {
+            let actors: BTreeSet<&ActorId> = part.changes.iter().map(|c| c.actor_id()).collect();
+            for actor in actors {
+                db::actors::record(tx, actor, owner, at)
+                    .map_err(|e| format!("actor registry: {e}"))?;
+            }
+        }
+    }
+    if let Some(rows) = &write.rows {
+        projection::write(tx, rows).map_err(|e| format!("projection: {e}"))?;
+    }
+    Ok(())
+}
+
 impl Worker {
+    fn new(hub: Hub<DocumentRules>, db: Db, db_path: PathBuf) -> Self {
+        Self {
+            hub,
+            db,
+            db_path,
+            reader: None,
+            outboxes: HashMap::new(),
+            who: HashMap::new(),
+            peers: HashMap::new(),
+            departed: Vec::new(),
+        }
+    }
+
+    /// Binds every actor of the registry in the document rules; returns how
+    /// many there are.
+    fn load_actors(&mut self) -> Result<usize, SyncError> {
+        let rows = {
+            let conn = self.reader()?;
+            db::actors::load_all(conn).map_err(|e| SyncError::Storage(e.to_string()))?
+        };
+        let rules = self.hub.access_mut();
+        for (actor, owner) in rows {
+            rules.bind_actor(actor, owner);
+        }
+        Ok(rules.actor_count())
+    }
+
     fn run(&mut self, mut rx: mpsc::Receiver<Command>) {
         // Commands taken from the channel and not handled yet, in order.
         let mut queue: VecDeque<Command> = VecDeque::new();
@@ -450,6 +634,9 @@ impl Worker {
                 let _ = reply.send(result);
             }
             self.dispatch(fx);
+            for conn in std::mem::take(&mut self.departed) {
+                self.who.remove(&conn);
+            }
         }
         tracing::info!("sync service stopped");
     }
@@ -473,7 +660,8 @@ impl Worker {
             Command::Frame { conn, bytes } => self.hub.receive(conn, &bytes, now),
             Command::Disconnect { conn } => {
                 self.outboxes.remove(&conn);
-                self.who.remove(&conn);
+                // `who` goes after the batch's commit (see `departed`).
+                self.departed.push(conn);
                 self.peers.retain(|_, (c, _)| *c != conn);
                 self.hub.disconnect(conn)
             }
@@ -487,11 +675,24 @@ impl Worker {
                 fx
             }
             Command::Create { id, doc, reply } => {
-                let exists = self.hub.document(&id).is_some()
-                    || self.load(id).map(|d| d.is_some()).unwrap_or(true);
-                if exists {
-                    let _ = reply.send(Err(SyncError::AlreadyExists(id)));
-                    return Effects::default();
+                let exists = if self.hub.document(&id).is_some() {
+                    Ok(true)
+                } else {
+                    self.load(id).map(|d| d.is_some())
+                };
+                match exists {
+                    Ok(false) => {}
+                    Ok(true) => {
+                        let _ = reply.send(Err(SyncError::AlreadyExists(id)));
+                        return Effects::default();
+                    }
+                    // Neither "exists" nor "absent": whatever is stored
+                    // under this id could not be read.
+                    Err(e) => {
+                        tracing::error!(doc = %id, error = %e, "cannot tell whether a document to create exists");
+                        let _ = reply.send(Err(e));
+                        return Effects::default();
+                    }
                 }
                 let fx = self.hub.insert_document(id, *doc, now);
                 replies.push((reply, id, Ok(())));
@@ -548,21 +749,20 @@ impl Worker {
             guard += 1;
             let ids = std::mem::take(&mut fx.load);
             for id in ids {
-                let doc = match self.load(id) {
-                    Ok(d) => d,
-                    Err(e) => {
-                        tracing::error!(doc = %id, error = %e, "loading a document failed");
-                        None
-                    }
+                // A document that cannot be loaded is an error for the
+                // peers that asked (retry later), never "does not exist".
+                let more = match self.load(id) {
+                    Ok(doc) => self.hub.loaded(id, doc, now),
+                    Err(e) => self.hub.load_failed(id, &e.to_string()),
                 };
-                let more = self.hub.loaded(id, doc, now);
                 fx.merge(more);
             }
         }
         fx
     }
 
-    fn load(&mut self, id: DocumentId) -> Result<Option<Automerge>, SyncError> {
+    /// The read-only connection documents are loaded with, opened on first use.
+    fn reader(&mut self) -> Result<&Connection, SyncError> {
         if self.reader.is_none() {
             let conn = Connection::open_with_flags(
                 &self.db_path,
@@ -573,15 +773,34 @@ impl Worker {
                 .map_err(|e| SyncError::Storage(e.to_string()))?;
             self.reader = Some(conn);
         }
-        let Some(conn) = self.reader.as_ref() else {
-            return Err(SyncError::Storage("no reader connection".into()));
-        };
-        storage::load(conn, id).map_err(|e| SyncError::Storage(e.to_string()))
+        self.reader
+            .as_ref()
+            .ok_or_else(|| SyncError::Storage("no reader connection".into()))
     }
 
-    /// Writes every store request of the batch in one transaction; then
-    /// tells the hub which tickets are durable. Returns the documents whose
-    /// changes could not be stored, with the reason.
+    /// Loads a stored document: `Ok(None)` only when nothing is stored under
+    /// `id`. A corrupt or oversized document, or a database error, is an
+    /// error.
+    fn load(&mut self, id: DocumentId) -> Result<Option<Automerge>, SyncError> {
+        let result = storage::load(self.reader()?, id);
+        match result {
+            Ok(doc) => Ok(doc),
+            Err(e) => {
+                if matches!(e, StorageError::Sqlite(_)) {
+                    // The connection itself may be what failed: reopen it
+                    // next time.
+                    self.reader = None;
+                }
+                Err(SyncError::Storage(e.to_string()))
+            }
+        }
+    }
+
+    /// Writes every store request of the batch in one transaction, each
+    /// document in its own savepoint; then tells the hub which tickets are
+    /// durable. A document whose rows cannot be written is rolled back
+    /// alone and its tickets fail; the other documents commit. Returns the
+    /// documents whose changes could not be stored, with the reason.
     fn commit(&mut self, fx: &mut Effects) -> HashMap<DocumentId, String> {
         let mut failed = HashMap::new();
         if fx.store.is_empty() {
@@ -590,9 +809,30 @@ impl Worker {
         let requests: Vec<StoreRequest> = std::mem::take(&mut fx.store);
         let now_ms = clock::now_millis();
         // Everything the transaction needs is computed here, on the hub
-        // thread, from the documents as they are after the batch.
-        let mut jobs = Vec::new();
+        // thread, from the documents as they are after the batch. Requests
+        // of the same document share its savepoint: a later change of a
+        // document may depend on an earlier one.
+        let mut writes: Vec<DocumentWrite> = Vec::new();
+        let mut tickets: Vec<(DocumentId, Vec<u64>)> = Vec::new();
         for r in &requests {
+            let who = r.from.and_then(|c| self.who.get(&c));
+            if r.from.is_some() && who.is_none() {
+                tracing::warn!(doc = %r.document_id, conn = r.from, "changes from a connection whose identity is gone");
+            }
+            let part = WritePart {
+                changes: r.changes.clone(),
+                user_id: who.map(|w| w.user_id.clone()),
+                owner: who.map(|w| ActorOwner {
+                    user_id: w.user_id.clone(),
+                    device_id: w.device_id.clone(),
+                }),
+                created: r.created,
+            };
+            if let Some(i) = writes.iter().position(|w| w.id == r.document_id) {
+                writes[i].parts.push(part);
+                tickets[i].1.push(r.ticket);
+                continue;
+            }
             let doc = self.hub.document(&r.document_id);
             let kind = doc
                 .and_then(|d| model::kind_of(d).ok())
@@ -600,63 +840,100 @@ impl Worker {
                 .to_owned();
             let rows =
                 doc.map(|d| projection::project(r.document_id, d, &self.hub.access().templates));
-            let actor = r
-                .from
-                .and_then(|c| self.who.get(&c))
-                .map(|w| w.user_id.clone());
-            jobs.push((
-                r.document_id,
+            writes.push(DocumentWrite {
+                id: r.document_id,
                 kind,
-                r.changes.clone(),
                 rows,
-                actor,
-                r.created,
-            ));
+                parts: vec![part],
+            });
+            tickets.push((r.document_id, vec![r.ticket]));
         }
         let at = clock::rfc3339(clock::now());
-        let result: Result<(), SyncError> = self.db.write_blocking(move |tx| {
-            for (id, kind, changes, rows, actor, created) in &jobs {
-                storage::append_changes(tx, *id, kind, changes, now_ms)
-                    .map_err(|e| SyncError::Storage(e.to_string()))?;
-                if let Some(rows) = rows {
-                    projection::write(tx, rows).map_err(|e| SyncError::Storage(e.to_string()))?;
+        let result: Result<Vec<Result<(), String>>, SyncError> =
+            self.db.write_blocking(move |tx| {
+                let mut outcomes = Vec::with_capacity(writes.len());
+                for write in &writes {
+                    outcomes.push(write_document(tx, write, now_ms, &at)?);
                 }
-                let detail = serde_json::json!({
-                    "kind": kind,
-                    "changes": changes.iter().map(|c| c.hash().to_string()).collect::<Vec<_>>(),
-                    "created": created,
-                });
-                crate::audit::append(
-                    tx,
-                    &at,
-                    &crate::audit::AuditEntry {
-                        actor: Some(actor.as_deref().unwrap_or("system")),
-                        action: "document.change",
-                        subject: &id.to_string(),
-                        detail,
-                    },
-                )
-                .map_err(|e| SyncError::Storage(e.to_string()))?;
-            }
-            Ok(())
-        });
+                Ok(outcomes)
+            });
         let now = self.now();
-        match result {
-            Ok(()) => {
-                for r in &requests {
-                    fx.merge(self.hub.committed(r.ticket, now));
-                }
-            }
+        let outcomes: Vec<Result<(), String>> = match result {
+            Ok(outcomes) => outcomes,
             Err(e) => {
                 let reason = e.to_string();
-                tracing::error!(error = %reason, "storing a batch of changes failed");
-                for r in &requests {
-                    failed.insert(r.document_id, reason.clone());
-                    fx.merge(self.hub.store_failed(r.ticket, &reason));
+                tracing::error!(error = %reason, documents = tickets.len(), "storing a batch of changes failed");
+                vec![Err(reason); tickets.len()]
+            }
+        };
+        for ((id, doc_tickets), outcome) in tickets.into_iter().zip(outcomes) {
+            match outcome {
+                Ok(()) => {
+                    for ticket in doc_tickets {
+                        fx.merge(self.hub.committed(ticket, now));
+                    }
+                }
+                Err(reason) => {
+                    tracing::error!(doc = %id, error = %reason, "storing a document's changes failed; they were rolled back");
+                    for ticket in doc_tickets {
+                        // The peers hear that the server could not store
+                        // it, not the database's own words.
+                        fx.merge(self.hub.store_failed(ticket, "a storage error on the server"));
+                    }
+                    failed.insert(id, reason);
                 }
             }
         }
         failed
+    }
+
+    /// One warning per refused message: who, which changes (the first
+    /// hashes), and the first violations, as structured fields.
+    fn log_refusal(&self, conn: ConnId, document_id: DocumentId, refusal: &Refusal) {
+        const HASHES: usize = 8;
+        const VIOLATIONS: usize = 3;
+        let who = self.who.get(&conn);
+        let refused: Vec<String> = refusal
+            .refused
+            .iter()
+            .take(HASHES)
+            .map(ToString::to_string)
+            .collect();
+        let violations: Vec<String> = refusal
+            .violations
+            .iter()
+            .take(VIOLATIONS)
+            .map(|v| {
+                format!(
+                    "{} {} at {:?} by change {}: {}",
+                    v.rule.as_str(),
+                    v.role.as_str(),
+                    v.path,
+                    v.change,
+                    v.reason
+                )
+            })
+            .collect();
+        // The first violation that is not only "depends on a refused change".
+        let first = refusal
+            .violations
+            .iter()
+            .find(|v| v.rule != sync_core::policy::Rule::Depends)
+            .or(refusal.violations.first());
+        tracing::warn!(
+            conn,
+            doc = %document_id,
+            user = who.map_or("", |w| w.user_id.as_str()),
+            device = who.map_or("", |w| w.device_id.as_str()),
+            refused_count = refusal.refused.len(),
+            kept = refusal.accepted,
+            refused = %refused.join(","),
+            violation_count = refusal.violations.len(),
+            rule = first.map_or("", |v| v.rule.as_str()),
+            path = first.map_or("", |v| v.path.as_str()),
+            violations = ?violations,
+            "changes refused"
+        );
     }
 
     /// Sends frames and closes connections.
@@ -684,8 +961,16 @@ impl Worker {
                 Event::Rejected {
                     conn,
                     document_id,
+                    refusal,
+                } => self.log_refusal(conn, document_id, &refusal),
+                Event::LoadFailed {
+                    document_id,
                     reason,
-                } => tracing::warn!(conn, doc = %document_id, %reason, "changes refused"),
+                } => tracing::error!(
+                    doc = %document_id,
+                    %reason,
+                    "a document could not be loaded; the peers that asked were told to retry later"
+                ),
                 Event::ProtocolError { conn, error } => {
                     tracing::info!(conn, %error, "protocol error; connection closed")
                 }
@@ -711,6 +996,7 @@ impl Worker {
                                 message: format!(
                                     "peer id {peer_id:?} is in use by another device; choose another"
                                 ),
+                                detail: None,
                             };
                             if let Some(tx) = self.outboxes.remove(&conn) {
                                 let _ =
@@ -727,5 +1013,239 @@ impl Worker {
                 _ => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::settings::DbSettings;
+    use automerge::transaction::Transactable;
+    use sync_core::policy::Role;
+
+    /// A worker on a fresh database, without its thread: the tests call
+    /// its steps directly.
+    fn worker() -> (tempfile::TempDir, Worker) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.sqlite3");
+        let db = Db::open(&path, &DbSettings::default()).unwrap();
+        let mut config = HubConfig::new(Mode::Server, SERVER_PEER_ID);
+        config.actor = Some(server_actor());
+        let hub = Hub::new(config, document_rules(TemplateRegistry::default()));
+        (dir, Worker::new(hub, db, path))
+    }
+
+    fn catalog_doc() -> Automerge {
+        let mut doc = Automerge::new().with_actor(server_actor());
+        crate::inspections::in_tx(&mut doc, |tx| model::init_catalog(tx)).unwrap();
+        doc
+    }
+
+    fn count(worker: &mut Worker, sql: &str, arg: &str) -> i64 {
+        worker
+            .reader()
+            .unwrap()
+            .query_row(sql, [arg], |r| r.get(0))
+            .unwrap()
+    }
+
+    fn audit_rows(worker: &mut Worker, id: DocumentId) -> i64 {
+        count(
+            worker,
+            "SELECT count(*) FROM audit_log WHERE subject = ?1",
+            &id.to_string(),
+        )
+    }
+
+    #[test]
+    fn a_failing_document_is_rolled_back_alone_in_a_group_commit() {
+        let (_dir, mut w) = worker();
+        let good = DocumentId::from_bytes([1; 16]);
+        let bad = DocumentId::from_bytes([2; 16]);
+        let also_good = DocumentId::from_bytes([3; 16]);
+        // The audit log refuses rows about `bad`, as a constraint would:
+        // its document bytes are written first, then its audit row fails.
+        let subject = bad.to_string();
+        w.db.write_blocking(move |tx| {
+            tx.execute_batch(&format!(
+                "CREATE TRIGGER refuse_bad BEFORE INSERT ON audit_log
+                 WHEN NEW.subject = '{subject}'
+                 BEGIN SELECT RAISE(ABORT, 'audit refused for this document'); END;"
+            ))
+            .map_err(DbError::from)
+        })
+        .unwrap();
+
+        let mut fx = w.hub.insert_document(good, catalog_doc(), 0);
+        fx.merge(w.hub.insert_document(bad, catalog_doc(), 0));
+        fx.merge(w.hub.insert_document(also_good, catalog_doc(), 0));
+        assert_eq!(fx.store.len(), 3, "one group commit of three documents");
+        let failed = w.commit(&mut fx);
+
+        assert_eq!(failed.keys().copied().collect::<Vec<_>>(), vec![bad]);
+        assert!(
+            failed[&bad].contains("audit refused for this document"),
+            "{failed:?}"
+        );
+        for id in [good, also_good] {
+            assert!(
+                storage::load(w.reader().unwrap(), id).unwrap().is_some(),
+                "{id} is stored"
+            );
+            assert_eq!(audit_rows(&mut w, id), 1);
+            assert!(w.hub.document(&id).is_some(), "the hub keeps {id}");
+        }
+        // Nothing of the failing document stayed: not its bytes (written
+        // before the audit row failed), not its audit row.
+        assert!(storage::load(w.reader().unwrap(), bad).unwrap().is_none());
+        assert_eq!(audit_rows(&mut w, bad), 0);
+        assert!(
+            w.hub.document(&bad).is_none(),
+            "the hub dropped the document it could not store"
+        );
+        assert!(
+            fx.events
+                .iter()
+                .filter(|e| matches!(e, Event::DocumentChanged { .. }))
+                .count()
+                == 2,
+            "{:?}",
+            fx.events
+        );
+        // The audit chain is whole after the rollback.
+        let report = crate::audit::verify(w.reader().unwrap()).unwrap();
+        assert_eq!(report.entries, 2);
+    }
+
+    #[test]
+    fn changes_from_a_connection_record_their_actors_with_the_document() {
+        let (_dir, mut w) = worker();
+        let id = DocumentId::from_bytes([7; 16]);
+        let tablet = ActorId::from([0x5a; 16]);
+        let mut doc = Automerge::new().with_actor(tablet.clone());
+        doc.transact(|tx| tx.put(automerge::ROOT, "note", "hello"))
+            .unwrap();
+        let changes = doc.get_changes(&[]);
+        // The connection ended in the same batch: its identity is kept
+        // until the commit.
+        w.who.insert(
+            9,
+            PeerInfo {
+                user_id: "u-insp1".into(),
+                role: Role::Inspector,
+                team_id: Some("t-a".into()),
+                unit_code: None,
+                device_id: "tab-1".into(),
+            },
+        );
+        w.departed.push(9);
+        let mut fx = Effects::default();
+        fx.store.push(StoreRequest {
+            ticket: 1,
+            document_id: id,
+            changes,
+            heads: doc.get_heads(),
+            created: false,
+            from: Some(9),
+        });
+        let failed = w.commit(&mut fx);
+        assert!(failed.is_empty(), "{failed:?}");
+        let owner = db::actors::owner_of(w.reader().unwrap(), &tablet).unwrap();
+        assert_eq!(
+            owner,
+            Some(ActorOwner {
+                user_id: "u-insp1".into(),
+                device_id: "tab-1".into()
+            })
+        );
+        assert_eq!(
+            count(
+                &mut w,
+                "SELECT count(*) FROM audit_log WHERE actor = ?1",
+                "u-insp1"
+            ),
+            1,
+            "the audit row names the user"
+        );
+
+        // A restarted worker knows the actor before anyone writes.
+        let (_dir2, mut fresh) = worker();
+        fresh.db_path = w.db_path.clone();
+        fresh.reader = None;
+        let n = fresh.load_actors().unwrap();
+        assert_eq!(n, 2, "the tablet's actor and the server's own");
+        assert_eq!(
+            fresh.hub.access().actor_owner(&tablet).map(|o| o.device_id.as_str()),
+            Some("tab-1")
+        );
+    }
+
+    #[test]
+    fn the_server_actor_cannot_be_claimed_through_the_registry() {
+        let (_dir, mut w) = worker();
+        let server = server_actor().to_hex_string();
+        w.db.write_blocking(move |tx| {
+            tx.execute(
+                "INSERT INTO actors VALUES (?1, 'u-mallory', 'evil', '2025-01-01T00:00:00Z')",
+                [server],
+            )
+            .map_err(DbError::from)
+        })
+        .unwrap();
+        w.load_actors().unwrap();
+        let owner = w.hub.access().actor_owner(&server_actor()).unwrap();
+        assert_eq!(owner.user_id, SERVER_USER);
+        assert_eq!(owner.device_id, SERVER_DEVICE);
+    }
+
+    #[test]
+    fn creating_over_an_unreadable_document_is_a_storage_error() {
+        let (_dir, mut w) = worker();
+        let id = DocumentId::from_bytes([4; 16]);
+        let mut fx = w.hub.insert_document(id, catalog_doc(), 0);
+        assert!(w.commit(&mut fx).is_empty());
+        w.hub.unload(&id);
+        w.db.write_blocking(move |tx| {
+            tx.execute(
+                "UPDATE doc_store_changes SET data = x'00' WHERE doc_id = ?1",
+                [id.as_bytes()],
+            )
+            .map_err(DbError::from)
+        })
+        .unwrap();
+
+        let (reply, mut rx) = oneshot::channel();
+        let mut replies = Vec::new();
+        let fx = w.handle(
+            Command::Create {
+                id,
+                doc: Box::new(catalog_doc()),
+                reply,
+            },
+            &mut replies,
+        );
+        assert!(fx.store.is_empty(), "nothing is written over it");
+        assert!(replies.is_empty());
+        match rx.try_recv() {
+            Ok(Err(SyncError::Storage(reason))) => {
+                assert!(reason.contains("corrupt"), "{reason}");
+            }
+            other => panic!("expected a storage error, got {other:?}"),
+        }
+        // A document that really is absent is still created.
+        let (reply, mut rx) = oneshot::channel();
+        let other = DocumentId::from_bytes([5; 16]);
+        let mut fx = w.handle(
+            Command::Create {
+                id: other,
+                doc: Box::new(catalog_doc()),
+                reply,
+            },
+            &mut replies,
+        );
+        assert_eq!(replies.len(), 1);
+        assert!(rx.try_recv().is_err(), "answered after the commit");
+        assert!(w.commit(&mut fx).is_empty());
     }
 }

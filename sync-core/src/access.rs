@@ -9,12 +9,14 @@
 //! schema [`validate`](crate::model::validate) on the document as it would
 //! be after the changes.
 
-use automerge::{Automerge, ObjType, ROOT, ReadDoc, Value};
+use std::collections::HashMap;
+
+use automerge::{ActorId, Automerge, Change, ObjType, ROOT, ReadDoc, Value};
 
 use crate::ids::DocumentId;
 use crate::model::{self, DocKind, InspectionStatus};
-use crate::policy::{self, Role};
-use crate::protocol::hub::{Access, Rejection};
+use crate::policy::{self, Author, ChangeCheck, Role, Rule, Violation};
+use crate::protocol::hub::Access;
 use crate::template::TemplateRegistry;
 
 /// The identity behind one connection.
@@ -30,16 +32,49 @@ pub struct PeerInfo {
     pub device_id: String,
 }
 
+/// Whom an automerge actor belongs to: the user and device that first
+/// wrote with it (recorded by the server the first time it accepts a
+/// change from that actor).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ActorOwner {
+    pub user_id: String,
+    pub device_id: String,
+}
+
+/// The user id the server's own actor is registered to.
+pub const SERVER_USER: &str = "server";
+
 /// The standard access rules over kiemtra's four document kinds.
 #[derive(Debug, Clone, Default)]
 pub struct DocumentRules {
     /// Published templates, for validating answers.
     pub templates: TemplateRegistry,
+    /// Actor → owner, as recorded so far.
+    actors: HashMap<ActorId, ActorOwner>,
 }
 
 impl DocumentRules {
     pub fn new(templates: TemplateRegistry) -> Self {
-        Self { templates }
+        Self {
+            templates,
+            actors: HashMap::new(),
+        }
+    }
+
+    /// Records who an actor belongs to (loading the registry, or the
+    /// server's own actor). An actor already recorded keeps its owner.
+    pub fn bind_actor(&mut self, actor: ActorId, owner: ActorOwner) {
+        self.actors.entry(actor).or_insert(owner);
+    }
+
+    /// Who an actor belongs to, if recorded.
+    pub fn actor_owner(&self, actor: &ActorId) -> Option<&ActorOwner> {
+        self.actors.get(actor)
+    }
+
+    /// How many actors are recorded.
+    pub fn actor_count(&self) -> usize {
+        self.actors.len()
     }
 }
 
@@ -132,55 +167,99 @@ impl Access for DocumentRules {
         self.can_read(who, doc)
     }
 
-    fn may_create(&self, who: &PeerInfo) -> bool {
-        DocKind::ALL
-            .iter()
-            .any(|k| policy::may_create(who.role, *k))
+    fn role_of(&self, who: &PeerInfo) -> Role {
+        who.role
     }
 
-    fn check_write(
+    fn check_change(
         &self,
         who: &PeerInfo,
         _id: &DocumentId,
-        before: &Automerge,
-        after: &Automerge,
-    ) -> Result<(), Rejection> {
-        if let Err(violations) = policy::check_changes(before, after, who.role) {
-            return Err(Rejection {
-                reasons: violations
-                    .iter()
-                    .map(|v| {
-                        format!(
-                            "{} may not write {} (change {}): {}",
-                            v.role.as_str(),
-                            v.path,
-                            v.change,
-                            v.reason
-                        )
-                    })
-                    .collect(),
-            });
-        }
-        if let Err(errors) = model::validate(after, &self.templates) {
-            return Err(Rejection {
-                reasons: errors
-                    .iter()
-                    .map(|e| format!("{}: {}", e.path, e.message))
-                    .collect(),
-            });
+        doc: &Automerge,
+        change: &Change,
+    ) -> Result<ChangeCheck, Vec<Violation>> {
+        let refuse = |rule: Rule, reason: String| {
+            Err(vec![Violation {
+                path: String::new(),
+                role: who.role,
+                change: change.hash(),
+                rule,
+                reason,
+            }])
+        };
+        if let Some(owner) = self.actors.get(change.actor_id())
+            && (owner.user_id != who.user_id || owner.device_id != who.device_id)
+        {
+            return refuse(
+                Rule::Actor,
+                format!(
+                    "automerge actor {} belongs to another user or device; each device \
+                     writes with an actor of its own",
+                    change.actor_id()
+                ),
+            );
         }
         // An inspector writes only inspections of their own team.
         if who.role == Role::Inspector
-            && model::kind_of(after).is_ok_and(|k| k == DocKind::Inspection)
-            && !self.can_read(who, after)
+            && model::kind_of(doc).is_ok_and(|k| k == DocKind::Inspection)
+            && !self.can_read(who, doc)
         {
-            return Err(Rejection {
-                reasons: vec![format!(
+            return refuse(
+                Rule::Member,
+                format!(
                     "{} is not a member of this inspection's team",
                     who.user_id
-                )],
-            });
+                ),
+            );
         }
-        Ok(())
+        let lead = who.role == Role::Inspector && policy::is_lead(doc, &who.user_id);
+        policy::check_change(
+            doc,
+            change,
+            &Author {
+                user_id: &who.user_id,
+                role: who.role,
+                lead,
+            },
+        )
+    }
+
+    fn check_result(
+        &self,
+        who: &PeerInfo,
+        _id: &DocumentId,
+        after: &Automerge,
+        accepted: &[(Change, ChangeCheck)],
+    ) -> Vec<Violation> {
+        let Err(errors) = model::validate(after, &self.templates) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for e in &errors {
+            // Problems in parts no change of this batch wrote were there
+            // before (a template or header changed meanwhile): not theirs.
+            for (change, check) in accepted {
+                if check.concerns(&e.path) {
+                    out.push(Violation {
+                        path: e.path.clone(),
+                        role: who.role,
+                        change: change.hash(),
+                        rule: Rule::Invalid,
+                        reason: e.message.clone(),
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    fn accepted(&mut self, who: &PeerInfo, change: &Change) {
+        self.bind_actor(
+            change.actor_id().clone(),
+            ActorOwner {
+                user_id: who.user_id.clone(),
+                device_id: who.device_id.clone(),
+            },
+        );
     }
 }

@@ -8,6 +8,8 @@
 //! touches files (SQLite).
 
 pub mod access;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod ids;
 pub mod model;
 pub mod policy;

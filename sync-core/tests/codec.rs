@@ -22,7 +22,8 @@ use sync_core::DocumentId;
 use sync_core::IdError;
 use sync_core::protocol::codec::{MAX_DEPTH, MAX_OBJECT_KEYS};
 use sync_core::protocol::{
-    DecodeError, Limits, Message, PeerMetadata, RemoteHeads, decode, encode,
+    DecodeError, ErrorDetail, Limits, Message, PeerMetadata, RemoteHeads, WireViolation, decode,
+    encode,
 };
 
 // ---------------------------------------------------------------------------
@@ -89,6 +90,7 @@ fn examples() -> Vec<(&'static str, Message)> {
                 sender_id: Some(s(HUB)),
                 target_id: Some(s(CLIENT)),
                 message: s("unsupported protocol version"),
+                detail: None,
             },
         ),
         (
@@ -727,17 +729,18 @@ fn sender_id_over_max_id_len() {
 }
 
 #[test]
-fn error_text_over_max_text_len() {
+fn error_text_over_max_text_len_is_cut() {
     let frame = map(vec![
         ("type", t("error")),
         ("message", V::T("x".repeat(4097))),
     ]);
     assert_eq!(
         decode(&frame, &lim()),
-        Err(DecodeError::FieldTooLong {
-            field: "message",
-            len: 4097,
-            max: 4096,
+        Ok(Message::Error {
+            sender_id: None,
+            target_id: None,
+            message: "x".repeat(4096),
+            detail: None,
         })
     );
 }
@@ -1061,6 +1064,38 @@ fn document_id() -> impl Strategy<Value = DocumentId> {
     any::<[u8; 16]>().prop_map(DocumentId::from_bytes)
 }
 
+fn detail() -> impl Strategy<Value = ErrorDetail> {
+    let violation = (id(), ".{0,40}", id(), id(), ".{0,60}").prop_map(
+        |(change, path, rule, role, reason)| WireViolation {
+            change,
+            path,
+            rule,
+            role,
+            reason,
+        },
+    );
+    (
+        prop::option::of(document_id()),
+        prop::option::of(id()),
+        prop::collection::vec(id(), 0..4),
+        any::<u32>(),
+        prop::collection::vec(violation, 0..3),
+        any::<u32>(),
+    )
+        .prop_map(
+            |(document_id, code, refused, refused_count, violations, violation_count)| {
+                ErrorDetail {
+                    document_id,
+                    code,
+                    refused,
+                    refused_count: u64::from(refused_count),
+                    violations,
+                    violation_count: u64::from(violation_count),
+                }
+            },
+        )
+}
+
 fn metadata() -> impl Strategy<Value = Option<PeerMetadata>> {
     prop::option::of((prop::option::of(id()), any::<bool>()).prop_map(
         |(storage_id, is_ephemeral)| PeerMetadata {
@@ -1094,13 +1129,18 @@ fn message() -> impl Strategy<Value = Message> {
             }
         }),
         id().prop_map(|sender_id| Message::Leave { sender_id }),
-        (prop::option::of(id()), prop::option::of(id()), ".{0,100}").prop_map(
-            |(sender_id, target_id, message)| Message::Error {
+        (
+            prop::option::of(id()),
+            prop::option::of(id()),
+            ".{0,100}",
+            prop::option::of(detail())
+        )
+            .prop_map(|(sender_id, target_id, message, detail)| Message::Error {
                 sender_id,
                 target_id,
                 message,
-            }
-        ),
+                detail: detail.map(Box::new),
+            }),
         (id(), id(), document_id(), bytes()).prop_map(
             |(sender_id, target_id, document_id, data)| {
                 Message::Request {
@@ -1217,4 +1257,95 @@ proptest! {
     fn mutated_golden_frames_never_panic(bytes in mutated_golden()) {
         check_decode_is_consistent(&bytes)?;
     }
+}
+
+// ---------------------------------------------------------------------------
+// Structured errors
+// ---------------------------------------------------------------------------
+
+/// An `error` whose text is longer than the decoder's limit used to fail to
+/// decode — and with it the tablet's whole sync session. The text is cut
+/// instead; the structured part is intact.
+#[test]
+fn an_over_long_error_text_is_cut_not_refused() {
+    let limits = Limits::default();
+    let long = "ư".repeat(limits.max_text_len); // 2 bytes each: twice the limit
+    let msg = Message::Error {
+        sender_id: Some("kiemtra-server".into()),
+        target_id: Some("tablet".into()),
+        message: long.clone(),
+        detail: Some(Box::new(ErrorDetail {
+            document_id: Some(DocumentId::from_bytes([7; 16])),
+            code: Some("refused".into()),
+            refused: vec!["ab".repeat(32)],
+            refused_count: 1,
+            violations: vec![],
+            violation_count: 0,
+        })),
+    };
+    let decoded = decode(&encode(&msg), &limits).expect("decodes");
+    let Message::Error {
+        message, detail, ..
+    } = decoded
+    else {
+        panic!("not an error: {decoded:?}");
+    };
+    assert_eq!(message.len(), limits.max_text_len);
+    assert!(long.starts_with(&message));
+    let detail = detail.expect("detail kept");
+    assert_eq!(detail.document_id, Some(DocumentId::from_bytes([7; 16])));
+    assert_eq!(detail.refused, vec!["ab".repeat(32)]);
+}
+
+/// The largest refusal the server sends stays within the documented size.
+#[test]
+fn a_maximal_refusal_stays_under_the_documented_size() {
+    let detail = ErrorDetail {
+        document_id: Some(DocumentId::from_bytes([9; 16])),
+        code: Some("refused".into()),
+        refused: vec!["f".repeat(64); ErrorDetail::MAX_REFUSED],
+        refused_count: 100_000,
+        violations: vec![
+            WireViolation {
+                change: "f".repeat(64),
+                path: "p".repeat(ErrorDetail::MAX_PATH),
+                rule: "immutable".into(),
+                role: "secretariat".into(),
+                reason: "r".repeat(ErrorDetail::MAX_REASON),
+            };
+            ErrorDetail::MAX_VIOLATIONS
+        ],
+        violation_count: 100_000,
+    };
+    let msg = Message::Error {
+        sender_id: Some("kiemtra-server".into()),
+        target_id: Some("x".repeat(256)),
+        message: "m".repeat(ErrorDetail::MAX_MESSAGE),
+        detail: Some(Box::new(detail.clone())),
+    };
+    let bytes = encode(&msg);
+    assert!(
+        bytes.len() <= ErrorDetail::MAX_ENCODED,
+        "{} bytes",
+        bytes.len()
+    );
+    // And a peer with default limits reads all of it.
+    let Message::Error { detail: back, .. } = decode(&bytes, &Limits::default()).unwrap() else {
+        panic!("not an error");
+    };
+    assert_eq!(back.as_deref(), Some(&detail));
+}
+
+/// Without the structured part, an `error` is byte-for-byte what
+/// automerge-repo's encoder writes (the golden vector), and decodes with no
+/// detail.
+#[test]
+fn plain_errors_have_no_detail() {
+    let msg = Message::Error {
+        sender_id: Some("a".into()),
+        target_id: None,
+        message: "boom".into(),
+        detail: None,
+    };
+    assert_eq!(decode(&encode(&msg), &Limits::default()).unwrap(), msg);
 }

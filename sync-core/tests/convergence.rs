@@ -1,13 +1,21 @@
 //! Property: 2–8 replicas editing one inspection concurrently, syncing
 //! through the server with frames dropped, duplicated and reordered, saved
 //! and reloaded between rounds, all end with identical heads and identical
-//! documents once the network behaves.
+//! documents once the network behaves, and every change any of them made is
+//! stored on the server.
+//!
+//! The server creates the inspection; each replica is an honest team member
+//! writing under its own user id and its own automerge actor, so the server
+//! refuses none of their changes. Replica 0 leads the team: it alone settles
+//! an answer that holds concurrent values; the others leave such an item
+//! alone, as the tablet app does.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use automerge::{ROOT, ReadDoc};
 use proptest::prelude::*;
 use support::{Net, Rng, json, peer};
 use sync_core::ids::DocumentId;
@@ -15,6 +23,7 @@ use sync_core::model::{
     self, Answer, Finding, InspectionHeader, MemberRole, PhotoMime, PhotoRef, Severity,
 };
 use sync_core::policy::Role;
+use sync_core::protocol::hub::Event;
 use sync_core::template::{AnswerValue, Tri};
 
 const INSPECTION: DocumentId = DocumentId::from_bytes([0x11; 16]);
@@ -75,6 +84,18 @@ fn user(r: usize) -> String {
     format!("u-insp{r}")
 }
 
+/// Replica 0 leads the team.
+const LEAD: usize = 0;
+
+/// How many values `answers.<item>` holds in `doc` (more than one: a conflict).
+fn answer_values(doc: &automerge::Automerge, item: &str) -> usize {
+    doc.get(ROOT, "answers")
+        .ok()
+        .flatten()
+        .and_then(|(_, answers)| doc.get_all(&answers, item).ok())
+        .map_or(0, |all| all.len())
+}
+
 fn answer_value(item: usize, v: u8) -> (&'static str, AnswerValue) {
     match item {
         0 => ("A1", AnswerValue::YesNo(v.is_multiple_of(2))),
@@ -115,6 +136,10 @@ fn apply(net: &mut Net, r: usize, op: &Op, at: i64) {
     match op {
         Op::Answer(item, v) => {
             let (item, value) = answer_value(*item, *v);
+            if r == usize::MAX && answer_values(doc, item) > 1 {
+                // A conflict: the team lead settles it.
+                return;
+            }
             let a = Answer {
                 value,
                 fields: BTreeMap::new(),
@@ -179,6 +204,7 @@ fn apply(net: &mut Net, r: usize, op: &Op, at: i64) {
                 caption: None,
                 by,
                 at,
+                deleted: false,
             };
             net.edit(i, &INSPECTION, |tx| model::add_photo(tx, &photo));
         }
@@ -195,17 +221,24 @@ fn run_case(n: usize, plan: &[Round]) -> Result<(), TestCaseError> {
         template_id: "DA06-HN-2025-v1".into(),
         template_version: 1,
         team_id: "t-a".into(),
-        members: (0..n).map(|r| (user(r), MemberRole::Member)).collect(),
+        members: (0..n)
+            .map(|r| {
+                let role = if r == LEAD {
+                    MemberRole::Lead
+                } else {
+                    MemberRole::Member
+                };
+                (user(r), role)
+            })
+            .collect(),
         scheduled_date: "2025-10-15".into(),
         created_at: 1,
     };
-    // The secretariat creates it; every replica fetches it once (as a
-    // tablet does when its assignments arrive) and then goes offline.
-    net.connect(0);
-    net.run(10_000);
-    net.create(0, INSPECTION, |tx| model::init_inspection(tx, &header));
-    net.run(10_000);
-    for i in 1..=n {
+    // The server creates it; the secretariat and every replica fetch it
+    // once (as a tablet does when its assignments arrive) and then go
+    // offline.
+    net.server_create(INSPECTION, |tx| model::init_inspection(tx, &header));
+    for i in 0..=n {
         net.connect(i);
         net.want(i, INSPECTION);
     }
@@ -257,14 +290,14 @@ fn run_case(n: usize, plan: &[Round]) -> Result<(), TestCaseError> {
     let mut passes = 0;
     loop {
         passes += 1;
-        for i in 1..=n {
+        for i in 0..=n {
             net.connect(i);
         }
         net.run(200_000);
         let heads = net.server.heads(&INSPECTION);
-        let done = (1..=n)
+        let done = (0..=n)
             .all(|i| net.client_doc(i, &INSPECTION).map(|d| d.get_heads()) == Some(heads.clone()));
-        for i in 1..=n {
+        for i in 0..=n {
             net.disconnect(i);
         }
         if done {
@@ -274,7 +307,7 @@ fn run_case(n: usize, plan: &[Round]) -> Result<(), TestCaseError> {
     }
     let stored = net.server.store.load(INSPECTION).unwrap().unwrap();
     let want = json(&stored);
-    for i in 1..=n {
+    for i in 0..=n {
         let doc = net.client_doc(i, &INSPECTION).unwrap();
         prop_assert_eq!(doc.get_heads(), stored.get_heads(), "replica {} heads", i);
         prop_assert_eq!(&json(doc), &want, "replica {} content", i);
@@ -282,13 +315,25 @@ fn run_case(n: usize, plan: &[Round]) -> Result<(), TestCaseError> {
     // Nobody's edit was refused on the way (protocol errors caused by the
     // injected faults — a duplicated join, a reordered handshake — are
     // expected and only cost a reconnect).
-    for i in 1..=n {
-        let refused: Vec<_> = net
-            .errors_to(i)
-            .into_iter()
-            .filter(|e| e.contains("refused"))
+    let rejected: Vec<_> = net
+        .server
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::Rejected { .. }))
+        .collect();
+    prop_assert!(rejected.is_empty(), "{rejected:?}");
+    for i in 0..=n {
+        let refused: Vec<_> = net.clients[i]
+            .events
+            .iter()
+            .filter(|e| matches!(e, Event::Refused { .. }))
             .collect();
         prop_assert!(refused.is_empty(), "replica {i}: {refused:?}");
+        prop_assert!(
+            !net.errors_to(i).iter().any(|e| e.contains("refused")),
+            "replica {i}: {:?}",
+            net.errors_to(i)
+        );
     }
     // Every edit made anywhere is in the final document: nothing was lost
     // to drops, restarts or reloads.
@@ -298,6 +343,24 @@ fn run_case(n: usize, plan: &[Round]) -> Result<(), TestCaseError> {
             "change {h} was lost"
         );
     }
+    let mut made = 0;
+    for i in 1..=n {
+        for (_, change) in &net.clients[i].made {
+            made += 1;
+            prop_assert_eq!(change.actor_id(), &support::client_actor(i));
+            prop_assert!(
+                stored.get_change_meta_by_hash(&change.hash()).is_some(),
+                "replica {}'s change {} was lost",
+                i,
+                change.hash()
+            );
+        }
+    }
+    prop_assert_eq!(
+        stored.get_changes(&[]).len(),
+        made + 1,
+        "the server's creation and the replicas' changes, nothing else"
+    );
     prop_assert!(model::read_inspection(&stored, &support::registry()).is_ok());
     Ok(())
 }

@@ -12,7 +12,7 @@ use sync_core::DocumentId;
 use sync_core::model::{
     self, Action, ActionAssignment, ActionResponse, ActionStatus, Answer, Catalog, CatalogTemplate,
     CatalogUnit, CommentTarget, DocKind, Finding, IndexEntry, InspectionHeader, InspectionStatus,
-    MemberRole, ModelError, Person, PhotoMime, PhotoRef, Priority, ReviewState, Severity,
+    MemberRole, ModelError, Person, PhotoMime, PhotoRef, Priority, ReviewState, Seen, Severity,
     ValidationError, Verification, VerificationDecision,
 };
 use sync_core::template::{AnswerValue, Template, TemplateRegistry, Tri};
@@ -186,6 +186,7 @@ fn inspection_round_trip() {
         caption: Some("Quầy một cửa".into()),
         by: "u-an".into(),
         at: T0 + 20,
+        deleted: false,
     };
     model::add_photo(&mut doc, &photo).unwrap();
     model::submit(&mut doc, "s1", "u-an", T0 + 100, Some("Hoàn thành")).unwrap();
@@ -400,6 +401,10 @@ fn action_round_trip() {
             "v1".to_owned(),
             verification(VerificationDecision::Closed, T0 + 2),
         )]),
+        seen: Seen {
+            claims: BTreeMap::from([("v1".to_owned(), BTreeSet::from(["r1".to_owned()]))]),
+            verdicts: BTreeMap::from([("v1".to_owned(), BTreeSet::new())]),
+        },
     };
     assert_eq!(read, expected);
     assert_eq!(read.status(), ActionStatus::Closed);
@@ -494,6 +499,8 @@ fn index_round_trip() {
     model::index_add(&mut doc, &d2, &e2).unwrap();
     model::index_remove(&mut doc, &d1).unwrap();
     doc.commit();
+    // Indexes are server-only documents: removing an entry deletes its key.
+    assert!(has_map_delete(&mut doc));
     assert_eq!(model::validate(&doc, &registry()), Ok(()));
     let read = model::read_index(&doc).unwrap();
     assert_eq!(read.user_id, "u-an");
@@ -825,6 +832,694 @@ fn action_status_through_the_lifecycle_and_overdue() {
     );
 }
 
+// ------------------------------------------------------------ causal statuses
+//
+// A status follows the document's history, never the `at` a writer chose: a
+// decision decides the submissions its change had seen, a verification covers
+// the responses its change had seen.
+
+/// 9999-12-31T23:59:59Z: a writer whose clock (or intent) is far ahead.
+const YEAR_9999: i64 = 253_402_300_799_000;
+
+/// Brings two replicas to the same state.
+fn sync_pair(a: &mut AutoCommit, b: &mut AutoCommit) {
+    a.merge(b).unwrap();
+    b.merge(a).unwrap();
+}
+
+fn fork_as(doc: &mut AutoCommit, actor: &[u8]) -> AutoCommit {
+    doc.commit();
+    doc.fork().with_actor(ActorId::from(actor.to_vec()))
+}
+
+fn inspection_status(doc: &AutoCommit) -> InspectionStatus {
+    model::read_inspection(doc, &registry()).unwrap().status()
+}
+
+fn action_status(doc: &AutoCommit) -> ActionStatus {
+    model::read_action(doc).unwrap().status()
+}
+
+#[test]
+fn a_far_future_submission_does_not_block_acceptance() {
+    let mut office = new_inspection();
+    let mut tablet = fork_as(&mut office, b"tablet-an");
+    model::set_answer(
+        &mut tablet,
+        "A1",
+        &answer(AnswerValue::YesNo(true), "u-an", T0 + 1),
+    )
+    .unwrap();
+    model::submit(&mut tablet, "s1", "u-an", YEAR_9999, None).unwrap();
+    tablet.commit();
+    sync_pair(&mut office, &mut tablet);
+    assert_eq!(inspection_status(&office), InspectionStatus::Submitted);
+
+    model::review_decide(
+        &mut office,
+        "d1",
+        ReviewState::Accepted,
+        "u-thu",
+        T0 + 20,
+        None,
+    )
+    .unwrap();
+    office.commit();
+    assert_eq!(inspection_status(&office), InspectionStatus::Accepted);
+    sync_pair(&mut office, &mut tablet);
+    assert_eq!(inspection_status(&tablet), InspectionStatus::Accepted);
+    let read = model::read_inspection(&tablet, &registry()).unwrap();
+    assert_eq!(
+        read.latest_decision().map(|(id, _)| id.as_str()),
+        Some("d1")
+    );
+}
+
+#[test]
+fn a_far_future_done_response_does_not_outlive_the_verification() {
+    let mut office = new_action();
+    let mut unit = fork_as(&mut office, b"unit-00004");
+    model::respond_action(&mut unit, "r1", &response(true, YEAR_9999)).unwrap();
+    unit.commit();
+    sync_pair(&mut office, &mut unit);
+    assert_eq!(action_status(&office), ActionStatus::Responded);
+
+    model::verify_action(
+        &mut office,
+        "v1",
+        &verification(VerificationDecision::Closed, T0 + 20),
+    )
+    .unwrap();
+    office.commit();
+    sync_pair(&mut office, &mut unit);
+    for doc in [&office, &unit] {
+        let a = model::read_action(doc).unwrap();
+        assert_eq!(a.status(), ActionStatus::Closed);
+        assert!(!a.is_overdue("2026-01-01"));
+    }
+}
+
+#[test]
+fn a_decision_that_had_not_seen_a_second_submission_leaves_it_submitted() {
+    let mut office = new_inspection();
+    let mut an = fork_as(&mut office, b"tablet-an");
+    let mut binh = fork_as(&mut office, b"tablet-binh");
+    model::submit(&mut an, "s1", "u-an", T0 + 10, None).unwrap();
+    an.commit();
+    sync_pair(&mut office, &mut an);
+    sync_pair(&mut binh, &mut an);
+
+    // The secretariat accepts what it has (s1) and claims a far-future time;
+    // meanwhile Bình hands in more work, seen by no one yet.
+    model::review_decide(
+        &mut office,
+        "d1",
+        ReviewState::Accepted,
+        "u-thu",
+        YEAR_9999,
+        None,
+    )
+    .unwrap();
+    office.commit();
+    model::submit(&mut binh, "s2", "u-binh", T0 + 15, Some("Bổ sung")).unwrap();
+    binh.commit();
+    sync_pair(&mut office, &mut binh);
+    sync_pair(&mut an, &mut office);
+    for doc in [&office, &binh, &an] {
+        assert_eq!(inspection_status(doc), InspectionStatus::Submitted);
+    }
+    let read = model::read_inspection(&office, &registry()).unwrap();
+    assert_eq!(
+        read.pending_submissions()
+            .map(|(id, _)| id.as_str())
+            .collect::<Vec<_>>(),
+        ["s2"]
+    );
+    assert_eq!(read.seen.claims["d1"], BTreeSet::from(["s1".to_owned()]));
+
+    // A decision made after seeing s2 decides it.
+    model::review_decide(
+        &mut office,
+        "d2",
+        ReviewState::Accepted,
+        "u-thu",
+        T0 + 30,
+        None,
+    )
+    .unwrap();
+    office.commit();
+    sync_pair(&mut office, &mut binh);
+    assert_eq!(inspection_status(&binh), InspectionStatus::Accepted);
+    let read = model::read_inspection(&binh, &registry()).unwrap();
+    assert_eq!(
+        read.seen.claims["d2"],
+        BTreeSet::from(["s1".to_owned(), "s2".to_owned()])
+    );
+    assert_eq!(read.seen.verdicts["d2"], BTreeSet::from(["d1".to_owned()]));
+    assert_eq!(
+        read.latest_decision().map(|(id, _)| id.as_str()),
+        Some("d2")
+    );
+}
+
+#[test]
+fn returned_then_resubmitted_then_accepted_whatever_the_clocks() {
+    let mut office = new_inspection();
+    let mut tablet = fork_as(&mut office, b"tablet-an");
+    model::submit(&mut tablet, "s1", "u-an", T0 + 100, None).unwrap();
+    tablet.commit();
+    sync_pair(&mut office, &mut tablet);
+    model::review_decide(
+        &mut office,
+        "d1",
+        ReviewState::Returned,
+        "u-thu",
+        T0 + 200,
+        Some("Thiếu ảnh"),
+    )
+    .unwrap();
+    office.commit();
+    sync_pair(&mut office, &mut tablet);
+    assert_eq!(inspection_status(&tablet), InspectionStatus::Returned);
+
+    // The tablet's clock is behind the office's: the resubmission carries an
+    // `at` older than the decision it answers, and still counts.
+    model::submit(&mut tablet, "s2", "u-an", T0 + 150, None).unwrap();
+    tablet.commit();
+    assert_eq!(inspection_status(&tablet), InspectionStatus::Submitted);
+    sync_pair(&mut office, &mut tablet);
+    assert_eq!(inspection_status(&office), InspectionStatus::Submitted);
+
+    model::review_decide(
+        &mut office,
+        "d2",
+        ReviewState::Accepted,
+        "u-thu",
+        T0 + 140,
+        None,
+    )
+    .unwrap();
+    office.commit();
+    sync_pair(&mut office, &mut tablet);
+    assert_eq!(inspection_status(&tablet), InspectionStatus::Accepted);
+    assert_eq!(inspection_status(&office), InspectionStatus::Accepted);
+}
+
+#[test]
+fn concurrent_decisions_that_disagree_return_the_inspection() {
+    let mut office = new_inspection();
+    model::submit(&mut office, "s1", "u-an", T0 + 10, None).unwrap();
+    let mut thu = fork_as(&mut office, b"secretariat-thu");
+    let mut lan = fork_as(&mut office, b"secretariat-lan");
+    model::review_decide(
+        &mut thu,
+        "d-thu",
+        ReviewState::Accepted,
+        "u-thu",
+        YEAR_9999,
+        None,
+    )
+    .unwrap();
+    thu.commit();
+    model::review_decide(
+        &mut lan,
+        "d-lan",
+        ReviewState::Returned,
+        "u-lan",
+        T0 + 20,
+        Some("Thiếu chữ ký"),
+    )
+    .unwrap();
+    lan.commit();
+    sync_pair(&mut thu, &mut lan);
+    for doc in [&thu, &lan] {
+        assert_eq!(inspection_status(doc), InspectionStatus::Returned);
+        let read = model::read_inspection(doc, &registry()).unwrap();
+        assert_eq!(
+            read.latest_decision().map(|(id, _)| id.as_str()),
+            Some("d-lan")
+        );
+    }
+
+    // Concurrent agreement is just that state.
+    let mut a = fork_as(&mut thu, b"secretariat-a");
+    let mut b = fork_as(&mut thu, b"secretariat-b");
+    model::review_decide(&mut a, "d-a", ReviewState::Accepted, "u-thu", T0 + 30, None).unwrap();
+    a.commit();
+    model::review_decide(&mut b, "d-b", ReviewState::Accepted, "u-lan", T0 + 31, None).unwrap();
+    b.commit();
+    sync_pair(&mut a, &mut b);
+    assert_eq!(inspection_status(&a), InspectionStatus::Accepted);
+
+    // A decision that has seen both settles it.
+    model::review_decide(&mut thu, "d3", ReviewState::Accepted, "u-thu", T0, None).unwrap();
+    thu.commit();
+    assert_eq!(inspection_status(&thu), InspectionStatus::Accepted);
+}
+
+#[test]
+fn records_of_one_change_count_in_the_order_they_were_written() {
+    let reg = registry();
+    // A decision written before a submission in the same (still open)
+    // transaction has not seen it, committed or not.
+    let mut doc = new_inspection();
+    model::review_decide(&mut doc, "d1", ReviewState::Returned, "u-thu", T0 + 9, None).unwrap();
+    model::submit(&mut doc, "s1", "u-an", T0 + 1, None).unwrap();
+    assert_eq!(inspection_status(&doc), InspectionStatus::Submitted);
+    doc.commit();
+    assert_eq!(inspection_status(&doc), InspectionStatus::Submitted);
+    let loaded = Automerge::load(&doc.save()).unwrap();
+    let read = model::read_inspection(&loaded, &reg).unwrap();
+    assert_eq!(read.status(), InspectionStatus::Submitted);
+    assert_eq!(read.seen.claims["d1"], BTreeSet::new());
+
+    // A submission pending on top of a committed decision at the current
+    // heads is not in that decision's history.
+    let mut doc = new_inspection();
+    model::submit(&mut doc, "s1", "u-an", T0 + 1, None).unwrap();
+    doc.commit();
+    model::review_decide(&mut doc, "d1", ReviewState::Accepted, "u-thu", T0 + 2, None).unwrap();
+    doc.commit();
+    model::submit(&mut doc, "s2", "u-an", T0 + 3, None).unwrap();
+    assert_eq!(inspection_status(&doc), InspectionStatus::Submitted);
+
+    // Inside an explicit transaction: submit, then decide.
+    let mut am = Automerge::load(&doc.save()).unwrap();
+    let mut tx = am.transaction();
+    model::submit(&mut tx, "s3", "u-an", YEAR_9999, None).unwrap();
+    model::review_decide(&mut tx, "d2", ReviewState::Accepted, "u-thu", T0, None).unwrap();
+    let read = model::read_inspection(&tx, &reg).unwrap();
+    assert_eq!(read.status(), InspectionStatus::Accepted);
+    assert_eq!(
+        read.seen.claims["d2"],
+        BTreeSet::from(["s1".to_owned(), "s2".to_owned(), "s3".to_owned()])
+    );
+    tx.commit();
+    let after = model::read_inspection(&am, &reg).unwrap();
+    assert_eq!(after.status(), InspectionStatus::Accepted);
+    assert_eq!(after.seen, read.seen);
+}
+
+#[test]
+fn a_verification_that_had_not_seen_a_later_done_response_leaves_it_responded() {
+    let mut office = new_action();
+    let mut unit = fork_as(&mut office, b"unit-00004");
+    model::respond_action(&mut unit, "r1", &response(true, T0 + 10)).unwrap();
+    unit.commit();
+    sync_pair(&mut office, &mut unit);
+
+    model::verify_action(
+        &mut office,
+        "v1",
+        &verification(VerificationDecision::Closed, YEAR_9999),
+    )
+    .unwrap();
+    office.commit();
+    // The unit adds more evidence before hearing of the closure.
+    model::respond_action(&mut unit, "r2", &response(true, T0 + 15)).unwrap();
+    unit.commit();
+    sync_pair(&mut office, &mut unit);
+    for doc in [&office, &unit] {
+        assert_eq!(action_status(doc), ActionStatus::Responded);
+    }
+    let read = model::read_action(&office).unwrap();
+    assert_eq!(read.seen.claims["v1"], BTreeSet::from(["r1".to_owned()]));
+    assert_eq!(
+        read.uncovered_responses()
+            .map(|(id, _)| id.as_str())
+            .collect::<Vec<_>>(),
+        ["r2"]
+    );
+
+    // A progress note (done: false) the verifier has not seen changes nothing.
+    model::verify_action(
+        &mut office,
+        "v2",
+        &verification(VerificationDecision::Closed, T0 + 30),
+    )
+    .unwrap();
+    office.commit();
+    model::respond_action(&mut unit, "r3", &response(false, YEAR_9999)).unwrap();
+    unit.commit();
+    sync_pair(&mut office, &mut unit);
+    assert_eq!(action_status(&office), ActionStatus::Closed);
+}
+
+#[test]
+fn reopened_then_a_new_done_response_is_responded() {
+    let mut office = new_action();
+    let mut unit = fork_as(&mut office, b"unit-00004");
+    model::respond_action(&mut unit, "r1", &response(true, T0 + 10)).unwrap();
+    unit.commit();
+    sync_pair(&mut office, &mut unit);
+    model::verify_action(
+        &mut office,
+        "v1",
+        &verification(VerificationDecision::Reopened, T0 + 20),
+    )
+    .unwrap();
+    office.commit();
+    sync_pair(&mut office, &mut unit);
+    assert_eq!(action_status(&unit), ActionStatus::Reopened);
+
+    // The unit's clock is behind: its answer to the reopening is dated before it.
+    model::respond_action(&mut unit, "r2", &response(true, T0 + 15)).unwrap();
+    unit.commit();
+    sync_pair(&mut office, &mut unit);
+    assert_eq!(action_status(&office), ActionStatus::Responded);
+
+    model::verify_action(
+        &mut office,
+        "v2",
+        &verification(VerificationDecision::Closed, T0 + 12),
+    )
+    .unwrap();
+    office.commit();
+    assert_eq!(action_status(&office), ActionStatus::Closed);
+    let read = model::read_action(&office).unwrap();
+    assert_eq!(
+        read.latest_verification().map(|(id, _)| id.as_str()),
+        Some("v2")
+    );
+}
+
+#[test]
+fn concurrent_verifications_that_disagree_reopen_the_action() {
+    let mut office = new_action();
+    model::respond_action(&mut office, "r1", &response(true, T0 + 10)).unwrap();
+    let mut secretariat = fork_as(&mut office, b"secretariat-thu");
+    let mut inspector = fork_as(&mut office, b"inspector-an");
+    model::verify_action(
+        &mut secretariat,
+        "v-closed",
+        &verification(VerificationDecision::Closed, YEAR_9999),
+    )
+    .unwrap();
+    secretariat.commit();
+    model::verify_action(
+        &mut inspector,
+        "v-reopened",
+        &verification(VerificationDecision::Reopened, T0 + 20),
+    )
+    .unwrap();
+    inspector.commit();
+    sync_pair(&mut secretariat, &mut inspector);
+    for doc in [&secretariat, &inspector] {
+        assert_eq!(action_status(doc), ActionStatus::Reopened);
+    }
+}
+
+// ------------------------------------------------------------ tombstones
+//
+// Entries are never deleted from maps: every "removal" is a write that
+// readers interpret, so a concurrent edit is never lost and a peer's delete
+// can be refused outright.
+
+/// Whether any operation in the document's history deletes a map key.
+fn has_map_delete(doc: &mut AutoCommit) -> bool {
+    doc.commit();
+    doc.get_changes(&[]).iter().any(|c| {
+        automerge::ExpandedChange::from(c)
+            .operations
+            .iter()
+            .any(|op| {
+                matches!(op.action, automerge::legacy::OpType::Delete)
+                    && matches!(op.key, automerge::legacy::Key::Map(_))
+            })
+    })
+}
+
+#[test]
+fn clearing_an_answer_writes_a_cleared_answer() {
+    let reg = registry();
+    let mut doc = new_inspection();
+    model::set_answer(
+        &mut doc,
+        "A1",
+        &answer(AnswerValue::YesNo(true), "u-an", T0 + 1),
+    )
+    .unwrap();
+    model::set_answer(
+        &mut doc,
+        "A4",
+        &answer(AnswerValue::Number(7), "u-an", T0 + 2),
+    )
+    .unwrap();
+    assert_eq!(inspection_status(&doc), InspectionStatus::InProgress);
+    model::clear_answer(&mut doc, "A1", "u-binh", T0 + 3).unwrap();
+    doc.commit();
+
+    // The key stays, holding a fresh map {cleared, by, at}.
+    let (_, a1) = doc.get(answers_obj(&doc), "A1").unwrap().unwrap();
+    assert_eq!(doc.keys(&a1).collect::<Vec<_>>(), ["at", "by", "cleared"]);
+    let read = model::read_inspection(&doc, &reg).unwrap();
+    assert_eq!(
+        read.answers.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["A4"]
+    );
+    assert_eq!(model::validate(&doc, &reg), Ok(()));
+    assert!(!has_map_delete(&mut doc));
+
+    // Clearing the last answer makes the inspection untouched again.
+    model::clear_answer(&mut doc, "A4", "u-an", T0 + 4).unwrap();
+    assert_eq!(inspection_status(&doc), InspectionStatus::Scheduled);
+    // Answering again replaces the cleared answer.
+    model::set_answer(
+        &mut doc,
+        "A1",
+        &answer(AnswerValue::YesNo(false), "u-an", T0 + 5),
+    )
+    .unwrap();
+    let read = model::read_inspection(&doc, &reg).unwrap();
+    assert_eq!(read.answers["A1"].value, AnswerValue::YesNo(false));
+    assert_eq!(read.status(), InspectionStatus::InProgress);
+
+    // A cleared answer holds nothing else, and needs its author and time.
+    let answers = answers_obj(&doc);
+    let bad = doc.put_object(&answers, "A2", ObjType::Map).unwrap();
+    doc.put(&bad, "cleared", true).unwrap();
+    doc.put(&bad, "value", "yes").unwrap();
+    doc.put(&bad, "at", ScalarValue::Timestamp(T0)).unwrap();
+    doc.commit();
+    let errs = errors(&doc);
+    assert_eq!(
+        errs.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(),
+        ["answers/A2/value", "answers/A2/by"],
+        "{errs:?}"
+    );
+    assert_eq!(errs[1].message, "is missing");
+}
+
+#[test]
+fn a_clear_concurrent_with_an_answer_is_a_conflict_not_a_loss() {
+    let (mut an, mut binh) = two_tablets();
+    model::set_answer(
+        &mut an,
+        "A1",
+        &answer(AnswerValue::YesNo(true), "u-an", T0 + 1),
+    )
+    .unwrap();
+    an.commit();
+    sync_pair(&mut an, &mut binh);
+    model::clear_answer(&mut an, "A1", "u-an", T0 + 2).unwrap();
+    an.commit();
+    model::set_answer(
+        &mut binh,
+        "A1",
+        &answer(AnswerValue::YesNo(false), "u-binh", T0 + 3),
+    )
+    .unwrap();
+    binh.commit();
+    sync_pair(&mut an, &mut binh);
+    let conflicts = model::conflicts(&an);
+    assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+    let mut values: Vec<_> = conflicts[0]
+        .values
+        .iter()
+        .map(|v| (v.author.clone().unwrap(), v.value.clone()))
+        .collect();
+    values.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        values,
+        [
+            (
+                "u-an".to_owned(),
+                serde_json::json!({"cleared": true, "by": "u-an", "at": T0 + 2})
+            ),
+            (
+                "u-binh".to_owned(),
+                serde_json::json!({"value": "no", "by": "u-binh", "at": T0 + 3})
+            ),
+        ]
+    );
+    assert_eq!(model::validate(&an, &registry()), Ok(()));
+}
+
+fn photo(c: char) -> PhotoRef {
+    PhotoRef {
+        sha256: sha(c),
+        mime: PhotoMime::Jpeg,
+        bytes: 1000,
+        width: None,
+        height: None,
+        taken_at: None,
+        item_id: Some("A1".into()),
+        finding_id: None,
+        caption: Some("Bảng niêm yết".into()),
+        by: "u-an".into(),
+        at: T0 + 5,
+        deleted: false,
+    }
+}
+
+#[test]
+fn photos_are_tombstoned_and_never_replaced() {
+    let reg = registry();
+    let mut doc = new_inspection();
+    model::add_photo(&mut doc, &photo('a')).unwrap();
+    model::add_photo(&mut doc, &photo('b')).unwrap();
+    assert_eq!(inspection_status(&doc), InspectionStatus::InProgress);
+
+    // Adding the same content again keeps the first record.
+    let again = PhotoRef {
+        caption: Some("Chụp lại".into()),
+        by: "u-binh".into(),
+        ..photo('a')
+    };
+    let photos = doc.get(ROOT, "photos").unwrap().unwrap().1;
+    let first = doc.get(&photos, sha('a')).unwrap().unwrap().1;
+    model::add_photo(&mut doc, &again).unwrap();
+    assert_eq!(doc.get(&photos, sha('a')).unwrap().unwrap().1, first);
+    assert_eq!(
+        model::read_inspection(&doc, &reg).unwrap().photos[&sha('a')],
+        photo('a')
+    );
+
+    model::delete_photo(&mut doc, &sha('a')).unwrap();
+    let read = model::read_inspection(&doc, &reg).unwrap();
+    assert!(read.photos[&sha('a')].deleted);
+    assert_eq!(
+        read.live_photos()
+            .map(|(sha, _)| sha.clone())
+            .collect::<Vec<_>>(),
+        [sha('b')]
+    );
+    model::delete_photo(&mut doc, &sha('b')).unwrap();
+    assert_eq!(
+        inspection_status(&doc),
+        InspectionStatus::Scheduled,
+        "deleted photos are no work"
+    );
+
+    model::restore_photo(&mut doc, &sha('b')).unwrap();
+    // Re-adding a deleted photo brings the first record back.
+    model::add_photo(&mut doc, &again).unwrap();
+    let read = model::read_inspection(&doc, &reg).unwrap();
+    assert_eq!(read.photos[&sha('a')], photo('a'));
+    assert_eq!(read.photos[&sha('b')], photo('b'));
+    assert_eq!(read.live_photos().count(), 2);
+    assert!(matches!(
+        model::delete_photo(&mut doc, &sha('c')),
+        Err(ModelError::NotFound { path }) if path == format!("photos/{}", sha('c'))
+    ));
+    assert_eq!(model::validate(&doc, &reg), Ok(()));
+    assert!(!has_map_delete(&mut doc));
+
+    // `deleted` must be a boolean.
+    let p = doc.get(&photos, sha('a')).unwrap().unwrap().1;
+    doc.put(&p, "deleted", "yes").unwrap();
+    assert_eq!(
+        errors(&doc),
+        [ValidationError {
+            path: format!("photos/{}/deleted", sha('a')),
+            message: "must be a boolean, found a string".into(),
+        }]
+    );
+}
+
+#[test]
+fn review_comments_are_tombstoned() {
+    let reg = registry();
+    let mut doc = new_inspection();
+    for (id, text) in [("c1", "Bổ sung ảnh"), ("c2", "Sai số liệu")] {
+        model::review_comment(&mut doc, id, &CommentTarget::General, text, "u-thu", T0).unwrap();
+    }
+    model::delete_comment(&mut doc, "c1").unwrap();
+    let read = model::read_inspection(&doc, &reg).unwrap();
+    assert!(read.comments["c1"].deleted);
+    assert_eq!(read.comments["c1"].text, "Bổ sung ảnh");
+    assert!(!read.comments["c2"].deleted);
+    assert_eq!(
+        read.live_comments()
+            .map(|(id, _)| id.as_str())
+            .collect::<Vec<_>>(),
+        ["c2"]
+    );
+    model::restore_comment(&mut doc, "c1").unwrap();
+    let read = model::read_inspection(&doc, &reg).unwrap();
+    assert_eq!(read.live_comments().count(), 2);
+    assert!(matches!(
+        model::delete_comment(&mut doc, "c9"),
+        Err(ModelError::NotFound { path }) if path == "review/comments/c9"
+    ));
+    assert_eq!(model::validate(&doc, &reg), Ok(()));
+    assert!(!has_map_delete(&mut doc));
+}
+
+#[test]
+fn no_inspection_writer_deletes_a_key() {
+    let reg = registry();
+    let mut doc = new_inspection();
+    model::set_member(&mut doc, "u-binh", None).unwrap();
+    model::add_finding(&mut doc, "f1", &finding("Thiếu biển")).unwrap();
+    model::add_finding_photo(&mut doc, "f1", &sha('c')).unwrap();
+    model::remove_finding_photo(&mut doc, "f1", &sha('a')).unwrap();
+    model::update_finding_item(&mut doc, "f1", None).unwrap();
+    model::delete_finding(&mut doc, "f1").unwrap();
+    model::restore_finding(&mut doc, "f1").unwrap();
+    doc.commit();
+    assert!(!has_map_delete(&mut doc));
+    assert_eq!(model::validate(&doc, &reg), Ok(()));
+
+    let read = model::read_inspection(&doc, &reg).unwrap();
+    assert_eq!(
+        read.header.members,
+        BTreeMap::from([("u-an".to_owned(), MemberRole::Lead)])
+    );
+    let f1 = &read.findings["f1"];
+    assert_eq!(f1.photos, BTreeSet::from([sha('c')]));
+    assert_eq!(f1.item_id, None);
+    assert!(!f1.deleted);
+    // The tombstones are what is stored.
+    let h = doc.get(ROOT, "header").unwrap().unwrap().1;
+    let m = doc.get(&h, "members").unwrap().unwrap().1;
+    assert_eq!(
+        doc.get(&m, "u-binh").unwrap().unwrap().0,
+        automerge::Value::from(model::MEMBER_REMOVED)
+    );
+    let f = doc.get(findings_obj(&doc), "f1").unwrap().unwrap().1;
+    let photos = doc.get(&f, "photos").unwrap().unwrap().1;
+    assert_eq!(
+        doc.get(&photos, sha('a')).unwrap().unwrap().0,
+        automerge::Value::from(false)
+    );
+    assert_eq!(
+        doc.get(&f, "deleted").unwrap().unwrap().0,
+        automerge::Value::from(false)
+    );
+    assert_eq!(
+        doc.get(&f, "item_id").unwrap().unwrap().0,
+        automerge::Value::from(ScalarValue::Null)
+    );
+
+    // Re-adding a member and re-linking an item overwrite the tombstones.
+    model::set_member(&mut doc, "u-binh", Some(MemberRole::Member)).unwrap();
+    model::update_finding_item(&mut doc, "f1", Some("B8")).unwrap();
+    let read = model::read_inspection(&doc, &reg).unwrap();
+    assert_eq!(read.header.members["u-binh"], MemberRole::Member);
+    assert_eq!(read.findings["f1"].item_id.as_deref(), Some("B8"));
+}
+
 // ------------------------------------------------------------ conflicts
 
 /// Two inspectors on their own tablets, both starting from the same inspection.
@@ -931,6 +1626,91 @@ fn concurrent_finding_title_is_listed() {
         ]
     );
     assert!(conflicts[0].values.iter().all(|v| v.author.is_none()));
+}
+
+#[test]
+fn conflicts_with_names_the_registered_user_behind_each_actor() {
+    let (mut an, mut binh) = two_tablets();
+    model::update_finding_title(&mut an, "f1", "Thiếu đầu đọc chip CCCD").unwrap();
+    // Bình's tablet claims to be An inside the answer it writes.
+    model::set_answer(
+        &mut an,
+        "A2",
+        &answer(AnswerValue::YesNoPartial(Tri::Yes), "u-an", T0 + 1),
+    )
+    .unwrap();
+    an.commit();
+    model::update_finding_title(&mut binh, "f1", "Không có đầu đọc").unwrap();
+    model::set_answer(
+        &mut binh,
+        "A2",
+        &answer(AnswerValue::YesNoPartial(Tri::No), "u-an", T0 + 2),
+    )
+    .unwrap();
+    binh.commit();
+    an.merge(&mut binh).unwrap();
+
+    // Only Bình's tablet is registered.
+    let resolve =
+        |actor: &ActorId| (actor.to_bytes() == b"tablet-binh").then(|| "u-binh".to_owned());
+    let conflicts = model::conflicts_with(&an, &resolve);
+    assert_eq!(
+        conflicts
+            .iter()
+            .map(|c| c.path.as_str())
+            .collect::<Vec<_>>(),
+        ["answers/A2", "findings/f1/title"]
+    );
+    let by_actor = |c: &model::Conflict| {
+        let mut v: Vec<_> = c
+            .values
+            .iter()
+            .map(|v| (v.actor.clone(), v.author.clone(), v.by.clone()))
+            .collect();
+        v.sort();
+        v
+    };
+    let (an_hex, binh_hex) = (hex::encode(b"tablet-an"), hex::encode(b"tablet-binh"));
+    assert_eq!(
+        by_actor(&conflicts[0]),
+        [
+            // Unknown actor: the `by` inside the value stands.
+            (
+                an_hex.clone(),
+                Some("u-an".to_owned()),
+                Some("u-an".to_owned())
+            ),
+            // Known actor: the registered user, whatever the value claims.
+            (
+                binh_hex.clone(),
+                Some("u-binh".to_owned()),
+                Some("u-an".to_owned())
+            ),
+        ]
+    );
+    assert_eq!(
+        by_actor(&conflicts[1]),
+        [
+            (an_hex, None, None),
+            (binh_hex, Some("u-binh".to_owned()), None),
+        ]
+    );
+    // Without a resolver the values are the same, authored by their `by`.
+    let plain = model::conflicts(&an);
+    assert_eq!(plain.len(), 2);
+    assert_eq!(
+        plain[0]
+            .values
+            .iter()
+            .map(|v| v.author.clone())
+            .collect::<Vec<_>>(),
+        [Some("u-an".to_owned()), Some("u-an".to_owned())]
+    );
+    for (p, r) in plain.iter().zip(&conflicts) {
+        let values =
+            |c: &model::Conflict| c.values.iter().map(|v| v.value.clone()).collect::<Vec<_>>();
+        assert_eq!(values(p), values(r));
+    }
 }
 
 #[test]

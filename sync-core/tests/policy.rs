@@ -99,10 +99,13 @@ fn roles_parse_and_print() {
 
 #[test]
 fn creation_rights() {
-    assert!(may_create(Role::Secretariat, DocKind::Inspection));
+    // Documents are created by the server only (through the API, which
+    // checks units, teams and members), never through sync.
+    assert!(!may_create(Role::Secretariat, DocKind::Inspection));
     assert!(may_create(Role::Server, DocKind::Inspection));
     assert!(!may_create(Role::Inspector, DocKind::Inspection));
-    assert!(may_create(Role::Secretariat, DocKind::Action));
+    assert!(!may_create(Role::Secretariat, DocKind::Action));
+    assert!(may_create(Role::Server, DocKind::Action));
     assert!(!may_create(Role::Unit, DocKind::Action));
     assert!(may_create(Role::Server, DocKind::Catalog));
     assert!(!may_create(Role::Secretariat, DocKind::Catalog));
@@ -119,7 +122,7 @@ fn ownership_table() {
     use DocKind::*;
     assert_eq!(
         writable_paths(Inspection, Role::Secretariat),
-        ["header", "review"]
+        ["review"]
     );
     assert_eq!(
         writable_paths(Inspection, Role::Inspector),
@@ -159,14 +162,21 @@ fn ownership_table() {
 }
 
 #[test]
-fn secretariat_may_create_an_inspection_but_an_inspector_may_not() {
+fn only_the_server_creates_an_inspection() {
     let empty = Automerge::new();
     let mut doc = replica("someone");
     model::init_inspection(&mut doc, &header()).unwrap();
     let created = doc.commit().unwrap();
     let after = snapshot(&mut doc);
-    assert_eq!(check_changes(&empty, &after, Role::Secretariat), Ok(()));
     assert_eq!(check_changes(&empty, &after, Role::Server), Ok(()));
+    // The secretariat schedules through the API; a creation through sync is
+    // refused, with the header it does not own.
+    let v = check_changes(&empty, &after, Role::Secretariat).unwrap_err();
+    assert!(paths(&v).contains(&"kind") && paths(&v).contains(&"header"));
+    assert_eq!(
+        v.iter().find(|v| v.path == "kind").unwrap().reason,
+        "role secretariat may not create inspection documents"
+    );
 
     let v = check_changes(&empty, &after, Role::Inspector).unwrap_err();
     // One violation for the creation itself, one per section the inspector
@@ -244,17 +254,21 @@ fn secretariat_may_review() {
         T0 + 6,
     )
     .unwrap();
-    model::set_scheduled_date(&mut office, "2025-07-20").unwrap();
     office.commit();
     assert_eq!(
         check_changes(&before, &snapshot(&mut office), Role::Secretariat),
         Ok(())
     );
-    // …and the same changes from an inspector would be refused.
+    // …and the same changes from an inspector would be refused. One change
+    // wrote both review entries; the first of the equally precise paths
+    // names it.
     let v = check_changes(&before, &snapshot(&mut office), Role::Inspector).unwrap_err();
-    // One change wrote both review entries; the first of the equally precise
-    // paths names it.
-    assert_eq!(paths(&v), ["header/scheduled_date", "review/decisions/d1"]);
+    assert_eq!(paths(&v), ["review/decisions/d1"]);
+    // The header is the server's: rescheduling goes through the API.
+    model::set_scheduled_date(&mut office, "2025-07-20").unwrap();
+    office.commit();
+    let v = check_changes(&before, &snapshot(&mut office), Role::Secretariat).unwrap_err();
+    assert_eq!(paths(&v), ["header/scheduled_date"]);
 }
 
 #[test]
@@ -351,9 +365,16 @@ fn the_creator_may_lay_out_empty_sections_but_not_fill_them() {
     };
     model::set_answer(&mut doc, "A1", &answer).unwrap();
     let created = doc.commit().unwrap();
+    // Even the server lays out sections only as the creator of the
+    // document; here it may also fill them (it owns every section)…
+    assert_eq!(check_changes(&empty, &snapshot(&mut doc), Role::Server), Ok(()));
+    // …while anyone else is refused the creation and every section it filled.
     let v = check_changes(&empty, &snapshot(&mut doc), Role::Secretariat).unwrap_err();
-    assert_eq!(paths(&v), ["answers"]);
-    assert_eq!(hashes(&v), [created]);
+    assert_eq!(
+        paths(&v),
+        ["answers", "findings", "header", "kind", "photos", "submissions"]
+    );
+    assert!(hashes(&v).iter().all(|h| *h == created));
 }
 
 #[test]

@@ -86,15 +86,105 @@ impl<S: Send + Sync> FromRequestParts<S> for TusResumable {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        match parts.headers.get(&TUS_RESUMABLE) {
-            Some(v) if v.as_bytes() == TUS_VERSION.as_bytes() => Ok(TusResumable),
-            Some(v) => Err(BlobError::TusVersion(
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-            .into()),
-            None => Err(BlobError::TusVersion("(missing)".into()).into()),
-        }
+        check_tus_resumable(&parts.headers)?;
+        Ok(TusResumable)
     }
+}
+
+// ---------------------------------------------------------------------------
+// Request headers: pure parsing, no I/O (the handlers below call these; the
+// fuzz target `tus_headers` drives them with arbitrary headers)
+// ---------------------------------------------------------------------------
+
+/// Checks `Tus-Resumable: 1.0.0`, which every tus request but OPTIONS carries.
+pub fn check_tus_resumable(headers: &HeaderMap) -> Result<(), BlobError> {
+    match headers.get(&TUS_RESUMABLE) {
+        Some(v) if v.as_bytes() == TUS_VERSION.as_bytes() => Ok(()),
+        Some(v) => Err(BlobError::TusVersion(
+            String::from_utf8_lossy(v.as_bytes()).into_owned(),
+        )),
+        None => Err(BlobError::TusVersion("(missing)".into())),
+    }
+}
+
+/// What the headers of a creation request (`POST /uploads`) declare.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreationHeaders {
+    /// `Upload-Length`: between 1 and the server's `max_upload_bytes`.
+    pub length: u64,
+    /// `Upload-Metadata`.
+    pub metadata: Metadata,
+}
+
+/// Parses and checks the headers of a creation request, in the order the
+/// client is told about problems: `Upload-Defer-Length` (refused),
+/// `Upload-Length` (required, 1 to `max_upload_bytes`), `Upload-Metadata`
+/// (see [`parse_metadata`]), then a declared HEIC type (refused now rather
+/// than after the whole file arrived; the bytes are sniffed again at the end
+/// whatever was declared).
+pub fn parse_creation_headers(
+    headers: &HeaderMap,
+    max_upload_bytes: u64,
+) -> Result<CreationHeaders, BlobError> {
+    if headers.contains_key(&UPLOAD_DEFER_LENGTH) {
+        return Err(BlobError::DeferLength);
+    }
+    let length =
+        u64_header(headers, "upload-length")?.ok_or(BlobError::MissingHeader("Upload-Length"))?;
+    if length == 0 {
+        return Err(BlobError::EmptyUpload);
+    }
+    if length > max_upload_bytes {
+        return Err(BlobError::UploadTooLarge {
+            length,
+            max: max_upload_bytes,
+        });
+    }
+    let metadata = parse_metadata(headers.get(&UPLOAD_METADATA))?;
+    if metadata
+        .mime
+        .as_deref()
+        .is_some_and(|m| m.starts_with("image/hei"))
+    {
+        return Err(BlobError::Pipeline(PipelineError::Heic));
+    }
+    Ok(CreationHeaders { length, metadata })
+}
+
+/// What the headers of a `PATCH` declare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PatchHeaders {
+    /// `Upload-Offset`: where the body's bytes go.
+    pub offset: u64,
+    /// `Content-Length`, when sent.
+    pub content_length: Option<u64>,
+}
+
+/// Parses and checks the headers of a `PATCH`: `Content-Type` must be
+/// `application/offset+octet-stream` (parameters and case ignored), then
+/// `Upload-Offset` (required) and `Content-Length` (optional), both strict
+/// non-negative decimal integers.
+pub fn parse_patch_headers(headers: &HeaderMap) -> Result<PatchHeaders, BlobError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase()
+        });
+    if content_type.as_deref() != Some("application/offset+octet-stream") {
+        return Err(BlobError::ContentType);
+    }
+    let offset =
+        u64_header(headers, "upload-offset")?.ok_or(BlobError::MissingHeader("Upload-Offset"))?;
+    let content_length = u64_header(headers, "content-length")?;
+    Ok(PatchHeaders {
+        offset,
+        content_length,
+    })
 }
 
 /// Adds `Tus-Resumable` to every response of the upload routes, and
@@ -213,7 +303,9 @@ fn clean_text(s: &str, max_chars: usize) -> String {
         .to_owned()
 }
 
-fn u64_header(headers: &HeaderMap, name: &'static str) -> Result<Option<u64>, BlobError> {
+/// A header holding a non-negative decimal integer (`Upload-Length`,
+/// `Upload-Offset`, `Content-Length`): `None` when absent.
+pub fn u64_header(headers: &HeaderMap, name: &'static str) -> Result<Option<u64>, BlobError> {
     let Some(v) = headers.get(name) else {
         return Ok(None);
     };
@@ -326,28 +418,10 @@ pub async fn create(
     if user.role == Role::Leader {
         return Err(BlobError::ReadOnly.into());
     }
-    if headers.contains_key(&UPLOAD_DEFER_LENGTH) {
-        return Err(BlobError::DeferLength.into());
-    }
-    let length =
-        u64_header(&headers, "upload-length")?.ok_or(BlobError::MissingHeader("Upload-Length"))?;
-    let max = state.blobs.settings().max_upload_bytes;
-    if length == 0 {
-        return Err(BlobError::EmptyUpload.into());
-    }
-    if length > max {
-        return Err(BlobError::UploadTooLarge { length, max }.into());
-    }
-    let meta = parse_metadata(headers.get(&UPLOAD_METADATA))?;
-    // Refuse a declared HEIC now rather than after the whole file arrived;
-    // the bytes are sniffed again at the end whatever was declared.
-    if meta
-        .mime
-        .as_deref()
-        .is_some_and(|m| m.starts_with("image/hei"))
-    {
-        return Err(BlobError::Pipeline(PipelineError::Heic).into());
-    }
+    let CreationHeaders {
+        length,
+        metadata: meta,
+    } = parse_creation_headers(&headers, state.blobs.settings().max_upload_bytes)?;
     let id = UploadId::generate();
     let now = clock::now().as_second();
     let expires_at = now.saturating_add(to_i64(state.blobs.settings().upload_expiry_secs));
@@ -440,22 +514,10 @@ pub async fn patch(
     body: Body,
 ) -> Result<Response, ApiError> {
     let id = upload_id(path)?;
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .to_ascii_lowercase()
-        });
-    if content_type.as_deref() != Some("application/offset+octet-stream") {
-        return Err(BlobError::ContentType.into());
-    }
-    let offset =
-        u64_header(&headers, "upload-offset")?.ok_or(BlobError::MissingHeader("Upload-Offset"))?;
-    let content_length = u64_header(&headers, "content-length")?;
+    let PatchHeaders {
+        offset,
+        content_length,
+    } = parse_patch_headers(&headers)?;
     // The work runs in its own task: if the client disconnects, axum drops
     // this handler, but what already arrived must still be fsynced and
     // recorded so that the client can resume from it.

@@ -16,6 +16,7 @@ const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("../../migrations/0004_templates.sql")),
     M::up(include_str!("../../migrations/0005_documents.sql")),
     M::up(include_str!("../../migrations/0006_blobs.sql")),
+    M::up(include_str!("../../migrations/0007_actors.sql")),
 ];
 
 /// The server's migrations.

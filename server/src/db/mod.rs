@@ -20,6 +20,7 @@
 //! # let _ = (n, count); Ok(()) }
 //! ```
 
+pub mod actors;
 pub mod migrations;
 mod writer;
 

@@ -2,14 +2,17 @@
 //!
 //! The secretariat writes the `assignment` (what, for whom, by when); the
 //! inspected unit adds `responses`; the secretariat or an inspector adds
-//! `verification` entries that close or reopen it. The status is derived from
-//! those timestamps, never stored.
+//! `verification` entries that close or reopen it. Responses and
+//! verifications are append-only records. The status is derived from the
+//! document's history (which responses each verification had seen), never
+//! from the writers' timestamps, and never stored.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use automerge::transaction::Transactable;
 use automerge::{ObjId, ObjType, ROOT, ReadDoc, Value};
 
+use super::causal::{self, CausalDoc, Seen};
 use super::format::{self, MAX_MAP_ENTRIES, MAX_TEXT_CHARS, MAX_TITLE_CHARS};
 use super::read::{Need, Walk, join};
 use super::write::{
@@ -81,7 +84,7 @@ pub struct ActionAssignment {
     pub created_at: i64,
 }
 
-/// `responses.<response_id>`: the unit reports what it did.
+/// `responses.<response_id>`: the unit reports what it did. Append-only.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ActionResponse {
     pub text: String,
@@ -116,7 +119,8 @@ impl VerificationDecision {
     }
 }
 
-/// `verification.<verification_id>`.
+/// `verification.<verification_id>`. Append-only. It covers the responses
+/// its change had seen (see [`Action::seen`]); `at` is for display.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verification {
     pub decision: VerificationDecision,
@@ -128,13 +132,15 @@ pub struct Verification {
 /// Where an action stands. Derived, never stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ActionStatus {
-    /// No verification yet and no "done" claim newer than it.
+    /// No verification and no response claiming done.
     Open,
-    /// The latest response claims done and is newer than the latest verification.
+    /// Some response claiming done has not been seen by any verification.
     Responded,
-    /// The latest verification closed it.
+    /// Every done-response is covered and the causally latest
+    /// verification(s) closed it.
     Closed,
-    /// The latest verification reopened it.
+    /// Every done-response is covered and the causally latest verification
+    /// (any of them, if several were made concurrently) reopened it.
     Reopened,
 }
 
@@ -155,34 +161,50 @@ pub struct Action {
     pub assignment: ActionAssignment,
     pub responses: BTreeMap<String, ActionResponse>,
     pub verifications: BTreeMap<String, Verification>,
+    /// What each verification had seen when it was made: `seen.claims[v]`
+    /// are the responses verification `v` covers, `seen.verdicts[v]` the
+    /// verifications it supersedes. Read from the document's history.
+    pub seen: Seen,
 }
 
 impl Action {
-    /// The newest response (by time, then id).
-    pub fn latest_response(&self) -> Option<(&String, &ActionResponse)> {
+    /// Responses claiming done that no verification has seen yet: what
+    /// awaits verification.
+    pub fn uncovered_responses(&self) -> impl Iterator<Item = (&String, &ActionResponse)> {
         self.responses
             .iter()
-            .max_by(|a, b| (a.1.at, a.0).cmp(&(b.1.at, b.0)))
+            .filter(|(id, r)| r.done && !self.seen.is_seen(id))
     }
 
-    /// The newest verification (by time, then id).
+    /// The causally latest verification: among the verifications no other
+    /// verification has seen, a `reopened` one before a `closed` one (the
+    /// rule of [`status`](Self::status)), then the later `at`, then the
+    /// greater id. `at` only orders concurrent verifications, for display.
     pub fn latest_verification(&self) -> Option<(&String, &Verification)> {
+        let latest = self.seen.latest();
         self.verifications
             .iter()
-            .max_by(|a, b| (a.1.at, a.0).cmp(&(b.1.at, b.0)))
+            .filter(|(id, _)| latest.contains(id.as_str()))
+            .max_by(|(ia, a), (ib, b)| {
+                (a.decision == VerificationDecision::Reopened, a.at, ia).cmp(&(
+                    b.decision == VerificationDecision::Reopened,
+                    b.at,
+                    ib,
+                ))
+            })
     }
 
-    /// The derived status. A verification at the same millisecond as a
-    /// response counts as later: a verifier acts on what was reported.
+    /// The derived status, from the document's history alone (`at` plays no
+    /// part): `responded` while some response claiming done is seen by no
+    /// verification; otherwise the decision of the causally latest
+    /// verification, where concurrent verifications that disagree leave it
+    /// `reopened`; otherwise `open`. A response with `done: false` is a
+    /// progress note and changes nothing.
     pub fn status(&self) -> ActionStatus {
-        let verified = self.latest_verification().map(|(_, v)| v);
-        if let Some((_, r)) = self.latest_response()
-            && r.done
-            && verified.is_none_or(|v| r.at > v.at)
-        {
+        if self.uncovered_responses().next().is_some() {
             return ActionStatus::Responded;
         }
-        match verified.map(|v| v.decision) {
+        match self.latest_verification().map(|(_, v)| v.decision) {
             Some(VerificationDecision::Closed) => ActionStatus::Closed,
             Some(VerificationDecision::Reopened) => ActionStatus::Reopened,
             None => ActionStatus::Open,
@@ -301,15 +323,28 @@ pub fn verify_action(
 
 // ----------------------------------------------------------------- reader
 
-/// Reads an action.
-pub fn read_action(doc: &impl ReadDoc) -> Result<Action, ModelError> {
+/// Reads an action. The document must be able to trace its operations to
+/// their changes ([`CausalDoc`]: an `Automerge`, an `AutoCommit` or a
+/// transaction), because the status follows its history.
+pub fn read_action(doc: &impl CausalDoc) -> Result<Action, ModelError> {
     expect_kind(doc, DocKind::Action)?;
     let mut w = Walk::reader(doc);
     let value = walk(&mut w);
-    finish(value, w.into_errors())
+    let mut action = finish(value, w.into_errors())?;
+    let responses = section(doc, "responses").ok();
+    let verifications = section(doc, "verification").ok();
+    action.seen = causal::seen(
+        doc,
+        responses.as_ref(),
+        action.responses.keys(),
+        verifications.as_ref(),
+        action.verifications.keys(),
+    );
+    Ok(action)
 }
 
-/// Decodes a whole action; used by the reader and by `validate`.
+/// Decodes a whole action; used by the reader and by `validate`. The causal
+/// facts ([`Action::seen`]) are left empty: only the reader derives them.
 pub(crate) fn walk<D: ReadDoc>(w: &mut Walk<'_, D>) -> Option<Action> {
     w.only_keys(&ROOT, "", ROOT_KEYS);
     let assignment = w.field(&ROOT, "assignment", "", Need::Required, walk_assignment);
@@ -350,6 +385,7 @@ pub(crate) fn walk<D: ReadDoc>(w: &mut Walk<'_, D>) -> Option<Action> {
         assignment: assignment?,
         responses,
         verifications,
+        seen: Seen::default(),
     })
 }
 

@@ -7,7 +7,7 @@
 //! supersedes them all, and the history keeps each of them.
 
 use automerge::transaction::Transactable;
-use automerge::{ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value};
+use automerge::{ActorId, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value};
 use serde_json::json;
 
 use super::inspection::{Answer, set_answer};
@@ -23,8 +23,13 @@ pub struct ConflictValue {
     /// The value rendered as JSON (maps as objects, text as a string,
     /// timestamps as milliseconds).
     pub value: serde_json::Value,
-    /// The `by` inside the value, when the value is a map that has one.
+    /// Who wrote the value: the registered user of the operation's actor
+    /// when [`conflicts_with`] was given a resolver that knows it, else the
+    /// `by` inside the value (a map that has one).
     pub author: Option<String>,
+    /// The `by` inside the value, when the value is a map that has one: what
+    /// the writer claimed, shown next to `author` when they differ.
+    pub by: Option<String>,
     /// The `at` inside the value, when the value is a map that has one.
     pub at: Option<i64>,
     /// Hex actor id of the operation that wrote the value.
@@ -50,55 +55,53 @@ pub struct Conflict {
 /// `…/severity`, `…/note` when the note was replaced rather than edited, …)
 /// and header fields. Actions: assignment fields. Catalogs and indexes are
 /// written by the server alone and have none worth showing.
+///
+/// Each value's `author` is the `by` inside it; [`conflicts_with`] names
+/// the user behind each operation's actor instead.
 pub fn conflicts(doc: &impl ReadDoc) -> Vec<Conflict> {
+    conflicts_with(doc, &|_| None)
+}
+
+/// [`conflicts`], with `resolve` mapping the automerge actor of each value's
+/// operation to the registered user who wrote it (e.g. from the server's
+/// device registrations). That user becomes the value's `author`; where
+/// `resolve` returns `None`, the `by` inside the value is used, as in
+/// [`conflicts`]. Scalar values (a finding's title, …) have no `by`, so the
+/// resolver is the only way to name their author.
+pub fn conflicts_with(
+    doc: &impl ReadDoc,
+    resolve: &dyn Fn(&ActorId) -> Option<String>,
+) -> Vec<Conflict> {
     let mut out = Vec::new();
+    let mut push = |obj: &ObjId, key: &str, path: String, tag: &dyn Fn(&mut Conflict)| {
+        if let Some(mut c) = conflict_at(doc, obj, key, path, resolve) {
+            tag(&mut c);
+            out.push(c);
+        }
+    };
     match kind_of(doc) {
         Ok(DocKind::Inspection) => {
             if let Some(answers) = map_at(doc, &ROOT, "answers") {
                 for item in doc.keys(&answers).collect::<Vec<_>>() {
-                    push(
-                        doc,
-                        &mut out,
-                        &answers,
-                        &item,
-                        format!("answers/{item}"),
-                        |c| {
-                            c.item_id = Some(item.clone());
-                        },
-                    );
+                    push(&answers, &item, format!("answers/{item}"), &|c| {
+                        c.item_id = Some(item.clone());
+                    });
                 }
             }
             if let Some(findings) = map_at(doc, &ROOT, "findings") {
                 for fid in doc.keys(&findings).collect::<Vec<_>>() {
-                    push(
-                        doc,
-                        &mut out,
-                        &findings,
-                        &fid,
-                        format!("findings/{fid}"),
-                        |c| {
-                            c.finding_id = Some(fid.clone());
-                        },
-                    );
+                    let tag = |c: &mut Conflict| c.finding_id = Some(fid.clone());
+                    push(&findings, &fid, format!("findings/{fid}"), &tag);
                     if let Some(f) = map_at(doc, &findings, &fid) {
                         for field in doc.keys(&f).collect::<Vec<_>>() {
-                            push(
-                                doc,
-                                &mut out,
-                                &f,
-                                &field,
-                                format!("findings/{fid}/{field}"),
-                                |c| {
-                                    c.finding_id = Some(fid.clone());
-                                },
-                            );
+                            push(&f, &field, format!("findings/{fid}/{field}"), &tag);
                         }
                     }
                 }
             }
-            fields_of(doc, &mut out, "header");
+            fields_of(doc, &mut push, "header");
         }
-        Ok(DocKind::Action) => fields_of(doc, &mut out, "assignment"),
+        Ok(DocKind::Action) => fields_of(doc, &mut push, "assignment"),
         _ => {}
     }
     out.sort_by(|a, b| a.path.cmp(&b.path));
@@ -126,37 +129,38 @@ fn map_at(doc: &impl ReadDoc, obj: &ObjId, key: &str) -> Option<ObjId> {
     }
 }
 
-fn fields_of(doc: &impl ReadDoc, out: &mut Vec<Conflict>, section: &str) {
+fn fields_of(
+    doc: &impl ReadDoc,
+    push: &mut impl FnMut(&ObjId, &str, String, &dyn Fn(&mut Conflict)),
+    section: &str,
+) {
     if let Some(obj) = map_at(doc, &ROOT, section) {
         for field in doc.keys(&obj).collect::<Vec<_>>() {
-            push(doc, out, &obj, &field, format!("{section}/{field}"), |_| {});
+            push(&obj, &field, format!("{section}/{field}"), &|_| {});
         }
     }
 }
 
-/// Adds a conflict for `obj[key]` if it holds more than one value.
-fn push(
+/// The conflict at `obj[key]`, if it holds more than one value.
+fn conflict_at(
     doc: &impl ReadDoc,
-    out: &mut Vec<Conflict>,
     obj: &ObjId,
     key: &str,
     path: String,
-    tag: impl FnOnce(&mut Conflict),
-) {
-    let Ok(all) = doc.get_all(obj, key) else {
-        return;
-    };
+    resolve: &dyn Fn(&ActorId) -> Option<String>,
+) -> Option<Conflict> {
+    let all = doc.get_all(obj, key).ok()?;
     if all.len() < 2 {
-        return;
+        return None;
     }
     let mut values: Vec<(u64, String, ConflictValue)> = all
         .iter()
         .map(|(v, id)| {
-            let (counter, actor) = match id {
-                ObjId::Id(counter, actor, _) => (*counter, actor.to_hex_string()),
-                ObjId::Root => (0, String::new()),
+            let (counter, actor, user) = match id {
+                ObjId::Id(counter, actor, _) => (*counter, actor.to_hex_string(), resolve(actor)),
+                ObjId::Root => (0, String::new(), None),
             };
-            let (author, at) = match v {
+            let (by, at) = match v {
                 Value::Object(ObjType::Map) => (by_of(doc, id), at_of(doc, id)),
                 _ => (None, None),
             };
@@ -166,7 +170,8 @@ fn push(
                 actor.clone(),
                 ConflictValue {
                     value,
-                    author,
+                    author: user.or_else(|| by.clone()),
+                    by,
                     at,
                     actor,
                 },
@@ -174,14 +179,12 @@ fn push(
         })
         .collect();
     values.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
-    let mut c = Conflict {
+    Some(Conflict {
         path,
         item_id: None,
         finding_id: None,
         values: values.into_iter().map(|(_, _, v)| v).collect(),
-    };
-    tag(&mut c);
-    out.push(c);
+    })
 }
 
 fn by_of(doc: &impl ReadDoc, obj: &ObjId) -> Option<String> {

@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use automerge::transaction::Transactable;
 use automerge::{ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value};
 
+use super::causal::{self, CausalDoc, Seen};
 use super::format::{MAX_FINDINGS, MAX_MAP_ENTRIES, MAX_PHOTOS, MAX_TEXT_CHARS, MAX_TITLE_CHARS};
 use super::read::{Need, Walk, as_str, join};
 use super::write::{
@@ -42,7 +43,9 @@ const HEADER_KEYS: &[&str] = &[
     "scheduled_date",
     "created_at",
 ];
-const ANSWER_KEYS: &[&str] = &["value", "fields", "evidence", "note", "by", "at"];
+const ANSWER_KEYS: &[&str] = &["value", "fields", "evidence", "note", "by", "at", "cleared"];
+/// The keys of a cleared answer (see [`clear_answer`]).
+const CLEARED_ANSWER_KEYS: &[&str] = &["cleared", "by", "at"];
 const FINDING_KEYS: &[&str] = &[
     "item_id", "title", "note", "severity", "photos", "by", "at", "deleted",
 ];
@@ -57,14 +60,19 @@ const PHOTO_KEYS: &[&str] = &[
     "caption",
     "by",
     "at",
+    "deleted",
 ];
 const SUBMISSION_KEYS: &[&str] = &["by", "at", "note"];
 const REVIEW_KEYS: &[&str] = &["decisions", "comments"];
 const DECISION_KEYS: &[&str] = &["state", "by", "at", "note"];
-const COMMENT_KEYS: &[&str] = &["target", "text", "by", "at"];
+const COMMENT_KEYS: &[&str] = &["target", "text", "by", "at", "deleted"];
 
 /// The stored string meaning "not applicable", valid for every item.
 pub const NOT_APPLICABLE: &str = "n/a";
+
+/// The value `header.members.<user id>` holds once that user was removed
+/// from the team: entries are tombstoned, never deleted.
+pub const MEMBER_REMOVED: &str = "removed";
 
 /// A team member's role in one inspection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -207,9 +215,13 @@ pub struct PhotoRef {
     pub caption: Option<String>,
     pub by: String,
     pub at: i64,
+    /// Tombstone: a deleted photo stays in the document (a concurrent edit of
+    /// it is not lost) and can be restored.
+    pub deleted: bool,
 }
 
 /// `submissions.<submission_id>`: the team hands the inspection in.
+/// Append-only: never changed, never tombstoned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Submission {
     pub by: String,
@@ -241,7 +253,9 @@ impl ReviewState {
     }
 }
 
-/// `review.decisions.<decision_id>`.
+/// `review.decisions.<decision_id>`. Append-only: never changed, never
+/// tombstoned. It decides the submissions its change had seen (see
+/// [`Inspection::seen`]); `at` is for display.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReviewDecision {
     pub state: ReviewState,
@@ -292,6 +306,8 @@ pub struct ReviewComment {
     pub text: String,
     pub by: String,
     pub at: i64,
+    /// Tombstone: a deleted comment stays in the document.
+    pub deleted: bool,
 }
 
 /// Where an inspection stands. Derived, never stored.
@@ -301,11 +317,13 @@ pub enum InspectionStatus {
     Scheduled,
     /// Work recorded, not submitted.
     InProgress,
-    /// The latest submission is newer than the latest decision.
+    /// Some submission has not been seen by any decision.
     Submitted,
-    /// The latest decision returned the inspection for more work.
+    /// Every submission is decided and the causally latest decision (any of
+    /// them, if several were made concurrently) returned it for more work.
     Returned,
-    /// The latest decision accepted it.
+    /// Every submission is decided and the causally latest decision(s)
+    /// accepted it.
     Accepted,
 }
 
@@ -325,15 +343,21 @@ impl InspectionStatus {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Inspection {
     pub header: InspectionHeader,
-    /// item id → answer (the winner where answers conflict).
+    /// item id → answer (the winner where answers conflict). Cleared answers
+    /// are not here: a cleared answer is no answer.
     pub answers: BTreeMap<String, Answer>,
     /// finding id → finding, tombstoned ones included.
     pub findings: BTreeMap<String, Finding>,
-    /// sha256 → photo.
+    /// sha256 → photo, tombstoned ones included.
     pub photos: BTreeMap<String, PhotoRef>,
     pub submissions: BTreeMap<String, Submission>,
     pub decisions: BTreeMap<String, ReviewDecision>,
+    /// comment id → comment, tombstoned ones included.
     pub comments: BTreeMap<String, ReviewComment>,
+    /// What each decision had seen when it was made: `seen.claims[d]` are
+    /// the submissions decision `d` decides, `seen.verdicts[d]` the
+    /// decisions it supersedes. Read from the document's history.
+    pub seen: Seen,
 }
 
 impl Inspection {
@@ -342,34 +366,60 @@ impl Inspection {
         self.findings.iter().filter(|(_, f)| !f.deleted)
     }
 
-    /// The newest submission (by time, then id so equal times still order).
-    pub fn latest_submission(&self) -> Option<(&String, &Submission)> {
+    /// Photos that are not deleted.
+    pub fn live_photos(&self) -> impl Iterator<Item = (&String, &PhotoRef)> {
+        self.photos.iter().filter(|(_, p)| !p.deleted)
+    }
+
+    /// Review comments that are not deleted.
+    pub fn live_comments(&self) -> impl Iterator<Item = (&String, &ReviewComment)> {
+        self.comments.iter().filter(|(_, c)| !c.deleted)
+    }
+
+    /// Submissions no decision has seen yet: what awaits review.
+    pub fn pending_submissions(&self) -> impl Iterator<Item = (&String, &Submission)> {
         self.submissions
             .iter()
-            .max_by(|a, b| (a.1.at, a.0).cmp(&(b.1.at, b.0)))
+            .filter(|(id, _)| !self.seen.is_seen(id))
     }
 
-    /// The newest review decision (by time, then id).
+    /// The causally latest decision: among the decisions no other decision
+    /// has seen, a `returned` one before an `accepted` one (the rule of
+    /// [`status`](Self::status)), then the later `at`, then the greater id.
+    /// `at` only orders decisions made concurrently, for display.
     pub fn latest_decision(&self) -> Option<(&String, &ReviewDecision)> {
+        let latest = self.seen.latest();
         self.decisions
             .iter()
-            .max_by(|a, b| (a.1.at, a.0).cmp(&(b.1.at, b.0)))
+            .filter(|(id, _)| latest.contains(id.as_str()))
+            .max_by(|(ia, a), (ib, b)| {
+                (a.state == ReviewState::Returned, a.at, ia).cmp(&(
+                    b.state == ReviewState::Returned,
+                    b.at,
+                    ib,
+                ))
+            })
     }
 
-    /// The derived status. A decision at the same millisecond as a submission
-    /// counts as later: a reviewer decides on what was submitted.
+    /// The derived status, from the document's history alone (`at` plays no
+    /// part): `submitted` while some submission is seen by no decision;
+    /// otherwise, if there are decisions, the state of the causally latest
+    /// one, where concurrent decisions that disagree leave it `returned` (a
+    /// reviewer's objection is never silently overruled); otherwise
+    /// `scheduled` or `in_progress`.
     pub fn status(&self) -> InspectionStatus {
-        match (self.latest_submission(), self.latest_decision()) {
-            (Some((_, s)), Some((_, d))) if s.at > d.at => InspectionStatus::Submitted,
-            (_, Some((_, d))) => match d.state {
+        if self.pending_submissions().next().is_some() {
+            return InspectionStatus::Submitted;
+        }
+        match self.latest_decision() {
+            Some((_, d)) => match d.state {
                 ReviewState::Accepted => InspectionStatus::Accepted,
                 ReviewState::Returned => InspectionStatus::Returned,
             },
-            (Some(_), None) => InspectionStatus::Submitted,
-            (None, None) => {
+            None => {
                 if self.answers.is_empty()
                     && self.live_findings().next().is_none()
-                    && self.photos.is_empty()
+                    && self.live_photos().next().is_none()
                 {
                     InspectionStatus::Scheduled
                 } else {
@@ -431,6 +481,7 @@ pub fn set_scheduled_date(tx: &mut impl Transactable, date: &str) -> Result<(), 
 }
 
 /// Adds, changes (`Some`) or removes (`None`) a team member (secretariat).
+/// Removing writes [`MEMBER_REMOVED`]: entries are tombstoned, never deleted.
 pub fn set_member(
     tx: &mut impl Transactable,
     user_id: &str,
@@ -441,7 +492,7 @@ pub fn set_member(
     let m = get_map(&*tx, &h, "members", "header/members")?;
     match role {
         Some(role) => tx.put(&m, user_id, role.as_str())?,
-        None => tx.delete(&m, user_id)?,
+        None => tx.put(&m, user_id, MEMBER_REMOVED)?,
     }
     Ok(())
 }
@@ -531,10 +582,24 @@ pub fn set_answer(
     Ok(())
 }
 
-/// Removes the answer to an item (every concurrent value at the key).
-pub fn clear_answer(tx: &mut impl Transactable, item_id: &str) -> Result<(), ModelError> {
+/// Clears the answer to an item: writes a fresh map `{cleared: true, by,
+/// at}` at `answers.<item_id>`, superseding every value this replica holds
+/// there. Readers treat a cleared answer as no answer; the key is never
+/// deleted, so a concurrent answer shows up as a conflict instead of being
+/// silently dropped or silently kept.
+pub fn clear_answer(
+    tx: &mut impl Transactable,
+    item_id: &str,
+    by: &str,
+    at: i64,
+) -> Result<(), ModelError> {
+    check_id("item id", item_id)?;
+    check_id("user id", by)?;
     let answers = section(&*tx, "answers")?;
-    tx.delete(&answers, item_id)?;
+    let a = tx.put_object(&answers, item_id, ObjType::Map)?;
+    tx.put(&a, "cleared", true)?;
+    tx.put(&a, "by", by)?;
+    put_ts(tx, &a, "at", at)?;
     Ok(())
 }
 
@@ -595,7 +660,8 @@ pub fn update_finding_severity(
     Ok(())
 }
 
-/// Links a finding to a checklist item (`Some`) or unlinks it (`None`).
+/// Links a finding to a checklist item (`Some`) or unlinks it (`None`,
+/// stored as `null`: keys are never deleted).
 pub fn update_finding_item(
     tx: &mut impl Transactable,
     finding_id: &str,
@@ -607,7 +673,7 @@ pub fn update_finding_item(
             check_id("item id", item)?;
             tx.put(&f, "item_id", item)?;
         }
-        None => tx.delete(&f, "item_id")?,
+        None => tx.put(&f, "item_id", ScalarValue::Null)?,
     }
     Ok(())
 }
@@ -657,15 +723,17 @@ pub fn add_finding_photo(
     Ok(())
 }
 
-/// Detaches a photo from a finding.
+/// Detaches a photo from a finding: writes `false` at its key (keys are
+/// never deleted; `false` means "not attached").
 pub fn remove_finding_photo(
     tx: &mut impl Transactable,
     finding_id: &str,
     sha256: &str,
 ) -> Result<(), ModelError> {
+    check_sha256("photo", sha256)?;
     let f = finding_obj(&*tx, finding_id)?;
     let photos = get_map(&*tx, &f, "photos", &format!("findings/{finding_id}/photos"))?;
-    tx.delete(&photos, sha256)?;
+    tx.put(&photos, sha256, false)?;
     Ok(())
 }
 
@@ -676,18 +744,37 @@ pub fn delete_finding(tx: &mut impl Transactable, finding_id: &str) -> Result<()
     Ok(())
 }
 
-/// Brings a tombstoned finding back.
+/// Brings a tombstoned finding back (writes `deleted: false`).
 pub fn restore_finding(tx: &mut impl Transactable, finding_id: &str) -> Result<(), ModelError> {
     let f = finding_obj(&*tx, finding_id)?;
-    tx.delete(&f, "deleted")?;
+    tx.put(&f, "deleted", false)?;
     Ok(())
 }
 
 /// Records a photo's metadata at `photos.<sha256>` (a fresh map).
+///
+/// A photo is identified by its content, so adding a sha256 that is already
+/// recorded never replaces the existing entry (that would drop whatever was
+/// written into it concurrently): if the entry is live this is a no-op, if
+/// it is tombstoned it is restored; either way the first metadata stays and
+/// `Ok` is returned.
 pub fn add_photo(tx: &mut impl Transactable, photo: &PhotoRef) -> Result<(), ModelError> {
     check_sha256("photo", &photo.sha256)?;
     check_id("user id", &photo.by)?;
     let photos = section(&*tx, "photos")?;
+    if let Some((value, existing)) = tx.get(&photos, photo.sha256.as_str())? {
+        if matches!(value, Value::Object(ObjType::Map)) {
+            if let Some((Value::Scalar(s), _)) = tx.get(&existing, "deleted")?
+                && matches!(s.as_ref(), ScalarValue::Boolean(true))
+            {
+                tx.put(&existing, "deleted", false)?;
+            }
+            return Ok(());
+        }
+        return Err(ModelError::AlreadyExists {
+            path: join("photos", &photo.sha256),
+        });
+    }
     let p = tx.put_object(&photos, photo.sha256.as_str(), ObjType::Map)?;
     tx.put(&p, "mime", photo.mime.as_str())?;
     tx.put(&p, "bytes", ScalarValue::Uint(photo.bytes))?;
@@ -705,6 +792,28 @@ pub fn add_photo(tx: &mut impl Transactable, photo: &PhotoRef) -> Result<(), Mod
     put_opt_str(tx, &p, "caption", photo.caption.as_deref())?;
     tx.put(&p, "by", photo.by.as_str())?;
     put_ts(tx, &p, "at", photo.at)?;
+    if photo.deleted {
+        tx.put(&p, "deleted", true)?;
+    }
+    Ok(())
+}
+
+fn photo_obj(tx: &impl ReadDoc, sha256: &str) -> Result<ObjId, ModelError> {
+    let photos = section(tx, "photos")?;
+    get_map(tx, &photos, sha256, &join("photos", sha256))
+}
+
+/// Tombstones a photo (it stays, marked `deleted`).
+pub fn delete_photo(tx: &mut impl Transactable, sha256: &str) -> Result<(), ModelError> {
+    let p = photo_obj(&*tx, sha256)?;
+    tx.put(&p, "deleted", true)?;
+    Ok(())
+}
+
+/// Brings a tombstoned photo back (writes `deleted: false`).
+pub fn restore_photo(tx: &mut impl Transactable, sha256: &str) -> Result<(), ModelError> {
+    let p = photo_obj(&*tx, sha256)?;
+    tx.put(&p, "deleted", false)?;
     Ok(())
 }
 
@@ -792,13 +901,39 @@ pub fn review_comment(
     Ok(())
 }
 
+fn comment_obj(tx: &impl ReadDoc, comment_id: &str) -> Result<ObjId, ModelError> {
+    let comments = review_map(tx, "comments")?;
+    get_map(
+        tx,
+        &comments,
+        comment_id,
+        &format!("review/comments/{comment_id}"),
+    )
+}
+
+/// Tombstones a review comment (it stays, marked `deleted`; secretariat).
+pub fn delete_comment(tx: &mut impl Transactable, comment_id: &str) -> Result<(), ModelError> {
+    let c = comment_obj(&*tx, comment_id)?;
+    tx.put(&c, "deleted", true)?;
+    Ok(())
+}
+
+/// Brings a tombstoned review comment back (writes `deleted: false`).
+pub fn restore_comment(tx: &mut impl Transactable, comment_id: &str) -> Result<(), ModelError> {
+    let c = comment_obj(&*tx, comment_id)?;
+    tx.put(&c, "deleted", false)?;
+    Ok(())
+}
+
 // ----------------------------------------------------------------- reader
 
 /// Reads an inspection. `templates` must hold the template the header names:
 /// the meaning of a stored answer (`"yes"` of a yes/no item or of a choice?)
-/// depends on its item's type.
+/// depends on its item's type. The document must be able to trace its
+/// operations to their changes ([`CausalDoc`]: an `Automerge`, an
+/// `AutoCommit` or a transaction), because the status follows its history.
 pub fn read_inspection(
-    doc: &impl ReadDoc,
+    doc: &impl CausalDoc,
     templates: &TemplateRegistry,
 ) -> Result<Inspection, ModelError> {
     expect_kind(doc, DocKind::Inspection)?;
@@ -814,10 +949,29 @@ pub fn read_inspection(
     }
     let mut w = Walk::reader(doc);
     let value = walk(&mut w, templates);
-    finish(value, w.into_errors())
+    let mut inspection = finish(value, w.into_errors())?;
+    inspection.seen = review_seen(doc, &inspection);
+    Ok(inspection)
 }
 
-/// Decodes a whole inspection; used by the reader and by `validate`.
+/// What each decision had seen (see [`Inspection::seen`]).
+fn review_seen(doc: &impl CausalDoc, i: &Inspection) -> Seen {
+    let submissions = section(doc, "submissions").ok();
+    let decisions = section(doc, "review")
+        .ok()
+        .and_then(|r| get_map(doc, &r, "decisions", "review/decisions").ok());
+    causal::seen(
+        doc,
+        submissions.as_ref(),
+        i.submissions.keys(),
+        decisions.as_ref(),
+        i.decisions.keys(),
+    )
+}
+
+/// Decodes a whole inspection; used by the reader and by `validate`. The
+/// causal facts ([`Inspection::seen`]) are left empty: only the reader
+/// derives them.
 pub(crate) fn walk<D: ReadDoc>(
     w: &mut Walk<'_, D>,
     templates: &TemplateRegistry,
@@ -861,7 +1015,7 @@ pub(crate) fn walk<D: ReadDoc>(
             let a = w.field(&obj, &item_id, "answers", Need::Required, |w, v, id, p| {
                 walk_answer(w, &v, id, p, &item_id, template)
             });
-            if let Some(a) = a {
+            if let Some(Some(a)) = a {
                 answers.insert(item_id, a);
             }
         }
@@ -978,6 +1132,7 @@ pub(crate) fn walk<D: ReadDoc>(
         submissions,
         decisions,
         comments,
+        seen: Seen::default(),
     })
 }
 
@@ -1019,10 +1174,19 @@ fn walk_header<'a, D: ReadDoc>(
                 w.error(&join(p, &user), "key is not a user id");
                 continue;
             }
+            // `Some(None)`: a removed member (tombstone).
             let role = w.field(&m, &user, p, Need::Required, |w, v, _, p| {
-                w.one_of(&v, p, MemberRole::parse, &["lead", "member"])
+                w.one_of(
+                    &v,
+                    p,
+                    |s| match s {
+                        MEMBER_REMOVED => Some(None),
+                        other => MemberRole::parse(other).map(Some),
+                    },
+                    &["lead", "member", MEMBER_REMOVED],
+                )
             });
-            if let Some(role) = role {
+            if let Some(Some(role)) = role {
                 out.insert(user, role);
             }
         }
@@ -1042,6 +1206,8 @@ fn walk_header<'a, D: ReadDoc>(
     })
 }
 
+/// An answer: `Some(None)` for a cleared one (`{cleared: true, by, at}`),
+/// which readers treat as no answer.
 fn walk_answer<'a, D: ReadDoc>(
     w: &mut Walk<'a, D>,
     v: &Value<'a>,
@@ -1049,8 +1215,17 @@ fn walk_answer<'a, D: ReadDoc>(
     p: &str,
     item_id: &str,
     template: Option<&Template>,
-) -> Option<Answer> {
+) -> Option<Option<Answer>> {
     let a = w.map(v, id, p)?;
+    let cleared = w
+        .bool_field(&a, "cleared", p, Need::Optional)
+        .unwrap_or(false);
+    if cleared {
+        w.only_keys(&a, p, CLEARED_ANSWER_KEYS);
+        let by = w.id_field(&a, "by", p, Need::Required);
+        let at = w.ts_field(&a, "at", p, Need::Required);
+        return (by.is_some() && at.is_some()).then_some(None);
+    }
     w.only_keys(&a, p, ANSWER_KEYS);
     let answer_type = template
         .and_then(|t| t.item(item_id))
@@ -1078,14 +1253,14 @@ fn walk_answer<'a, D: ReadDoc>(
         w.error(&join(p, "value"), e.to_string());
         return None;
     }
-    Some(Answer {
+    Some(Some(Answer {
         value: value?,
         fields,
         evidence,
         note,
         by: by?,
         at: at?,
-    })
+    }))
 }
 
 fn walk_answer_value<'a, D: ReadDoc>(
@@ -1153,6 +1328,10 @@ fn walk_answer_value<'a, D: ReadDoc>(
     }
 }
 
+fn is_null(v: &Value<'_>) -> bool {
+    matches!(v, Value::Scalar(s) if matches!(s.as_ref(), ScalarValue::Null))
+}
+
 fn check_item_ref<D: ReadDoc>(
     w: &mut Walk<'_, D>,
     item: &Option<String>,
@@ -1181,7 +1360,16 @@ fn walk_finding<'a, D: ReadDoc>(
 ) -> Option<Finding> {
     let f = w.map(v, id, p)?;
     w.only_keys(&f, p, FINDING_KEYS);
-    let item_id = w.id_field(&f, "item_id", p, Need::Optional);
+    // `null` is an unlinked finding (keys are never deleted).
+    let item_id = w
+        .field(&f, "item_id", p, Need::Optional, |w, v, _, p| {
+            if is_null(&v) {
+                Some(None)
+            } else {
+                w.id(&v, p).map(Some)
+            }
+        })
+        .flatten();
     check_item_ref(w, &item_id, template, &join(p, "item_id"));
     let title = w.nonempty_field(&f, "title", p, Need::Required, MAX_TITLE_CHARS);
     let note = w.field(&f, "note", p, Need::Required, |w, v, id, p| {
@@ -1242,6 +1430,9 @@ fn walk_photo<'a, D: ReadDoc>(
     let caption = w.str_field(&o, "caption", p, Need::Optional, MAX_TITLE_CHARS);
     let by = w.id_field(&o, "by", p, Need::Required);
     let at = w.ts_field(&o, "at", p, Need::Required);
+    let deleted = w
+        .bool_field(&o, "deleted", p, Need::Optional)
+        .unwrap_or(false);
     Some(PhotoRef {
         sha256: sha.to_owned(),
         mime: mime?,
@@ -1254,6 +1445,7 @@ fn walk_photo<'a, D: ReadDoc>(
         caption,
         by: by?,
         at: at?,
+        deleted,
     })
 }
 
@@ -1312,10 +1504,14 @@ fn walk_comment<'a, D: ReadDoc>(
     let text = w.nonempty_field(&o, "text", p, Need::Required, MAX_TEXT_CHARS);
     let by = w.id_field(&o, "by", p, Need::Required);
     let at = w.ts_field(&o, "at", p, Need::Required);
+    let deleted = w
+        .bool_field(&o, "deleted", p, Need::Optional)
+        .unwrap_or(false);
     Some(ReviewComment {
         target: target?,
         text: text?,
         by: by?,
         at: at?,
+        deleted,
     })
 }

@@ -20,6 +20,7 @@
 
 pub mod action;
 pub mod catalog;
+pub mod causal;
 pub mod conflicts;
 pub mod format;
 pub mod index;
@@ -41,14 +42,16 @@ pub use catalog::{
     Catalog, CatalogTemplate, CatalogUnit, Person, init_catalog, put_person, put_template,
     put_unit, read_catalog,
 };
-pub use conflicts::{Conflict, ConflictValue, conflicts, settle_answer};
+pub use causal::{CausalDoc, Seen};
+pub use conflicts::{Conflict, ConflictValue, conflicts, conflicts_with, settle_answer};
 pub use index::{Index, IndexEntry, index_add, index_remove, init_index, read_index};
 pub use inspection::{
-    Answer, CommentTarget, Finding, Inspection, InspectionHeader, InspectionStatus, MemberRole,
-    PhotoMime, PhotoRef, ReviewComment, ReviewDecision, ReviewState, Severity, Submission,
-    add_finding, add_finding_photo, add_photo, clear_answer, delete_finding, init_inspection,
-    read_inspection, remove_finding_photo, restore_finding, review_comment, review_decide,
-    set_answer, set_member, set_scheduled_date, splice_finding_note, submit, update_finding_item,
+    Answer, CommentTarget, Finding, Inspection, InspectionHeader, InspectionStatus, MEMBER_REMOVED,
+    MemberRole, PhotoMime, PhotoRef, ReviewComment, ReviewDecision, ReviewState, Severity,
+    Submission, add_finding, add_finding_photo, add_photo, clear_answer, delete_comment,
+    delete_finding, delete_photo, init_inspection, read_inspection, remove_finding_photo,
+    restore_comment, restore_finding, restore_photo, review_comment, review_decide, set_answer,
+    set_member, set_scheduled_date, splice_finding_note, submit, update_finding_item,
     update_finding_severity, update_finding_title,
 };
 pub use read::string_at;

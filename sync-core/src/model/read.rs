@@ -549,8 +549,9 @@ impl<'a, D: ReadDoc> Walk<'a, D> {
         self.map_field(obj, key, parent, Need::Required)
     }
 
-    /// A set stored as a map `sha256 → true` (evidence, finding photos).
-    /// Missing means empty.
+    /// A set stored as a map `sha256 → bool` (evidence, finding photos):
+    /// `true` is a member, `false` one that was removed (keys are never
+    /// deleted). Missing means empty.
     pub(crate) fn sha_set(&mut self, obj: &ObjId, key: &str, parent: &str) -> BTreeSet<String> {
         self.field(obj, key, parent, Need::Optional, |w, v, id, p| {
             let set_obj = w.map(&v, id, p)?;
@@ -567,15 +568,8 @@ impl<'a, D: ReadDoc> Walk<'a, D> {
                 let flag = w.field(&set_obj, &k, p, Need::Required, |w, v, _, p| {
                     w.boolean(&v, p)
                 });
-                match flag {
-                    Some(true) => {
-                        set.insert(k);
-                    }
-                    Some(false) => w.error(
-                        &kp,
-                        "must be true (remove the key instead of storing false)",
-                    ),
-                    None => {}
+                if flag == Some(true) {
+                    set.insert(k);
                 }
             }
             Some(set)

@@ -55,7 +55,7 @@ use std::convert::Infallible;
 use minicbor::data::Type;
 use minicbor::{Decoder, Encoder};
 
-use super::message::{Limits, Message, PeerMetadata, RemoteHeads};
+use super::message::{ErrorDetail, Limits, Message, PeerMetadata, RemoteHeads, WireViolation};
 use crate::ids::{DocumentId, IdError};
 
 /// Deepest nesting of CBOR arrays/maps accepted anywhere in a frame (the
@@ -170,6 +170,41 @@ pub fn encode(msg: &Message) -> Vec<u8> {
     enc.into_writer()
 }
 
+/// How many keys an [`ErrorDetail`] adds to its `error` map.
+fn detail_len(d: &ErrorDetail) -> usize {
+    usize::from(d.document_id.is_some()) + usize::from(d.code.is_some()) + 4
+}
+
+/// The structured keys of an `error`, after the standard ones.
+fn write_detail(enc: &mut Enc, d: &ErrorDetail) -> EncResult {
+    if let Some(id) = &d.document_id {
+        text_entry(enc, "documentId", &id.encode())?;
+    }
+    if let Some(code) = &d.code {
+        text_entry(enc, "code", code)?;
+    }
+    enc.str("refused")?;
+    enc.array(d.refused.len() as u64)?;
+    for h in &d.refused {
+        enc.str(h)?;
+    }
+    enc.str("refusedCount")?;
+    enc.u64(d.refused_count)?;
+    enc.str("violations")?;
+    enc.array(d.violations.len() as u64)?;
+    for v in &d.violations {
+        map_header(enc, 5)?;
+        text_entry(enc, "change", &v.change)?;
+        text_entry(enc, "path", &v.path)?;
+        text_entry(enc, "rule", &v.rule)?;
+        text_entry(enc, "role", &v.role)?;
+        text_entry(enc, "reason", &v.reason)?;
+    }
+    enc.str("violationCount")?;
+    enc.u64(d.violation_count)?;
+    Ok(())
+}
+
 /// A map header as cbor-x writes it for JS objects: always the 16-bit
 /// length form, falling back to the shortest form past 65535 entries.
 fn map_header(enc: &mut Enc, len: usize) -> EncResult {
@@ -259,10 +294,12 @@ fn write_message(enc: &mut Enc, msg: &Message) -> EncResult {
             sender_id,
             target_id,
             message,
+            detail,
         } => {
+            let extra = detail.as_deref().map_or(0, detail_len);
             map_header(
                 enc,
-                2 + usize::from(sender_id.is_some()) + usize::from(target_id.is_some()),
+                2 + usize::from(sender_id.is_some()) + usize::from(target_id.is_some()) + extra,
             )?;
             text_entry(enc, "type", ty)?;
             if let Some(sender_id) = sender_id {
@@ -271,6 +308,9 @@ fn write_message(enc: &mut Enc, msg: &Message) -> EncResult {
             text_entry(enc, "message", message)?;
             if let Some(target_id) = target_id {
                 text_entry(enc, "targetId", target_id)?;
+            }
+            if let Some(detail) = detail {
+                write_detail(enc, detail)?;
             }
         }
         Message::Request {
@@ -453,6 +493,28 @@ fn read_text<'b>(
                 out.push_str(chunk);
             }
             Ok(Cow::Owned(out))
+        }
+        other => Err(wrong_type(field, "a text string", other)),
+    }
+}
+
+/// Reads a text string, keeping at most its first `max` bytes (cut at a
+/// character boundary); the rest is skipped without being copied.
+fn read_text_cut(d: &mut Decoder<'_>, field: &'static str, max: usize) -> Result<String, DecodeError> {
+    match value_type(d)? {
+        Type::String => {
+            let s = d.str().map_err(cbor_error)?;
+            Ok(super::message::truncate_to(s, max))
+        }
+        Type::StringIndef => {
+            let mut out = String::new();
+            for chunk in d.str_iter().map_err(cbor_error)? {
+                let chunk = chunk.map_err(cbor_error)?;
+                if out.len() < max {
+                    out.push_str(&super::message::truncate_to(chunk, max - out.len()));
+                }
+            }
+            Ok(out)
         }
         other => Err(wrong_type(field, "a text string", other)),
     }
@@ -694,7 +756,12 @@ mod key {
     pub const ADD: usize = 11;
     pub const REMOVE: usize = 12;
     pub const NEW_HEADS: usize = 13;
-    pub const COUNT_OF_SLOTS: usize = 14;
+    pub const CODE: usize = 14;
+    pub const REFUSED: usize = 15;
+    pub const REFUSED_COUNT: usize = 16;
+    pub const VIOLATIONS: usize = 17;
+    pub const VIOLATION_COUNT: usize = 18;
+    pub const COUNT_OF_SLOTS: usize = 19;
 }
 
 const MESSAGE_KEYS: &KeyTable = &[
@@ -717,6 +784,20 @@ const MESSAGE_KEYS: &KeyTable = &[
     ("add", key::ADD),
     ("remove", key::REMOVE),
     ("newHeads", key::NEW_HEADS),
+    // kiemtra's structured error detail (see `ErrorDetail`).
+    ("code", key::CODE),
+    ("refused", key::REFUSED),
+    ("refusedCount", key::REFUSED_COUNT),
+    ("violations", key::VIOLATIONS),
+    ("violationCount", key::VIOLATION_COUNT),
+];
+
+const VIOLATION_KEYS: &KeyTable = &[
+    ("change", 0),
+    ("path", 1),
+    ("rule", 2),
+    ("role", 3),
+    ("reason", 4),
 ];
 
 const METADATA_KEYS: &KeyTable = &[("storageId", 0), ("isEphemeral", 1)];
@@ -920,6 +1001,80 @@ impl<'b> Fields<'b, '_> {
         Ok(out)
     }
 
+    /// The structured keys of an `error`, if any is present.
+    fn error_detail(&self) -> Result<Option<ErrorDetail>, DecodeError> {
+        let present = [
+            key::DOCUMENT_ID,
+            key::CODE,
+            key::REFUSED,
+            key::REFUSED_COUNT,
+            key::VIOLATIONS,
+            key::VIOLATION_COUNT,
+        ]
+        .iter()
+        .any(|k| self.slots.get(*k).copied().flatten().is_some());
+        if !present {
+            return Ok(None);
+        }
+        let limits = self.limits;
+        let document_id = match self.value(key::DOCUMENT_ID)? {
+            None => None,
+            Some(_) => Some(self.document_id()?),
+        };
+        let code = match self.value(key::CODE)? {
+            None => None,
+            Some(mut d) => Some(read_text(&mut d, "code", limits.max_id_len)?.into_owned()),
+        };
+        let refused = self.id_list(key::REFUSED, "refused")?;
+        let refused_count = match self.value(key::REFUSED_COUNT)? {
+            None => refused.len() as u64,
+            Some(mut d) => read_uint(&mut d, "refusedCount")?,
+        };
+        let mut violations = Vec::new();
+        if let Some(mut d) = self.value(key::VIOLATIONS)? {
+            const FIELD: &str = "violations";
+            let len = match value_type(&d)? {
+                Type::Array | Type::ArrayIndef => d.array().map_err(cbor_error)?,
+                other => return Err(wrong_type(FIELD, "an array of maps", other)),
+            };
+            for_each_item(&mut d, len, FIELD, limits.max_entries, |d| {
+                let slots = scan_map(d, FIELD, FIELD, VIOLATION_KEYS, 5, 2, limits)?;
+                let entry = Fields {
+                    input: self.input,
+                    slots,
+                    limits,
+                    message_type: self.message_type,
+                };
+                let text = |slot: usize, field: &'static str| -> Result<String, DecodeError> {
+                    match entry.value(slot)? {
+                        None => Ok(String::new()),
+                        Some(mut d) => read_text_cut(&mut d, field, limits.max_text_len),
+                    }
+                };
+                violations.push(WireViolation {
+                    change: text(0, "violations[].change")?,
+                    path: text(1, "violations[].path")?,
+                    rule: text(2, "violations[].rule")?,
+                    role: text(3, "violations[].role")?,
+                    reason: text(4, "violations[].reason")?,
+                });
+                Ok(())
+            })?;
+        }
+        let violation_count = match self.value(key::VIOLATION_COUNT)? {
+            None => violations.len() as u64,
+            Some(mut d) => read_uint(&mut d, "violationCount")?,
+        };
+        Ok(Some(ErrorDetail {
+            document_id,
+            code,
+            refused,
+            refused_count,
+            violations,
+            violation_count,
+        }))
+    }
+
     fn build(&self) -> Result<Message, DecodeError> {
         let limits = self.limits;
         Ok(match self.message_type {
@@ -942,12 +1097,15 @@ impl<'b> Fields<'b, '_> {
                 sender_id: self.sender_id()?,
             },
             "error" => {
+                // An over-long text is cut, not refused: losing the end of an
+                // explanation is better than losing the whole session.
                 let mut d = self.required(key::MESSAGE, "message")?;
-                let message = read_text(&mut d, "message", limits.max_text_len)?.into_owned();
+                let message = read_text_cut(&mut d, "message", limits.max_text_len)?;
                 Message::Error {
                     sender_id: self.optional_id(key::SENDER_ID, "senderId")?,
                     target_id: self.optional_id(key::TARGET_ID, "targetId")?,
                     message,
+                    detail: self.error_detail()?.map(Box::new),
                 }
             }
             "request" => Message::Request {

@@ -34,6 +34,104 @@ pub struct RemoteHeads {
     pub timestamp: u64,
 }
 
+/// What an `error` about one document says, in fields a program can act on.
+///
+/// On the wire these are extra keys of the `error` map, after the standard
+/// ones: `documentId` (bs58check), `code` (see [`ErrorCode`]), `refused`
+/// (hex hashes of refused changes, at most [`ErrorDetail::MAX_REFUSED`]),
+/// `refusedCount` (how many were refused in all), `violations` (at most
+/// [`ErrorDetail::MAX_VIOLATIONS`] maps `{change, path, rule, role,
+/// reason}`) and `violationCount`. Every string is bounded (paths
+/// [`ErrorDetail::MAX_PATH`], reasons [`ErrorDetail::MAX_REASON`] bytes) so an
+/// encoded error stays under [`ErrorDetail::MAX_ENCODED`] bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ErrorDetail {
+    pub document_id: Option<DocumentId>,
+    pub code: Option<String>,
+    pub refused: Vec<String>,
+    pub refused_count: u64,
+    pub violations: Vec<WireViolation>,
+    pub violation_count: u64,
+}
+
+impl ErrorDetail {
+    /// Refused change hashes listed in one error.
+    pub const MAX_REFUSED: usize = 64;
+    /// Violations listed in one error.
+    pub const MAX_VIOLATIONS: usize = 8;
+    /// Longest path in a listed violation, in bytes.
+    pub const MAX_PATH: usize = 200;
+    /// Longest reason in a listed violation, in bytes.
+    pub const MAX_REASON: usize = 300;
+    /// Longest human-readable `message` the server sends, in bytes.
+    pub const MAX_MESSAGE: usize = 1000;
+    /// Upper bound of an encoded `error` the server sends.
+    pub const MAX_ENCODED: usize = 12 * 1024;
+}
+
+/// Stable values of [`ErrorDetail::code`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// Some changes broke a rule; they and the changes that depend on them
+    /// were not stored, every other change of the message was.
+    Refused,
+    /// The server could not store or load the document right now; nothing
+    /// of the message was confirmed. Sync again later.
+    RetryLater,
+    /// The exchange about this document was cut (malformed or
+    /// non-converging sync); reconnect to start afresh.
+    Aborted,
+    /// A limit was reached (too many documents open, too many changes
+    /// waiting for their dependencies, …).
+    Limit,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 4] = [
+        ErrorCode::Refused,
+        ErrorCode::RetryLater,
+        ErrorCode::Aborted,
+        ErrorCode::Limit,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::Refused => "refused",
+            ErrorCode::RetryLater => "retry-later",
+            ErrorCode::Aborted => "aborted",
+            ErrorCode::Limit => "limit",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+}
+
+/// One violation as listed in an `error`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct WireViolation {
+    /// Hex hash of the change.
+    pub change: String,
+    pub path: String,
+    /// A stable rule code (`owner`, `author`, `actor`, …; see `docs/SYNC.md`).
+    pub rule: String,
+    pub role: String,
+    pub reason: String,
+}
+
+/// Cuts `s` to at most `max` bytes at a character boundary.
+pub fn truncate_to(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while end > 0 && !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}
+
 /// One protocol message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
@@ -56,6 +154,10 @@ pub enum Message {
         sender_id: Option<PeerId>,
         target_id: Option<PeerId>,
         message: String,
+        /// kiemtra's structured part of an error about one document (extra
+        /// keys of the same map, which automerge-repo passes through and
+        /// otherwise ignores). See [`ErrorDetail`].
+        detail: Option<Box<ErrorDetail>>,
     },
     Request {
         sender_id: PeerId,

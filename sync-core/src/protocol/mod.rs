@@ -2,7 +2,10 @@
 
 pub mod codec;
 pub mod hub;
+pub mod intake;
 pub mod message;
 
 pub use codec::{DecodeError, decode, encode};
-pub use message::{Limits, Message, PROTOCOL_V1, PeerMetadata, RemoteHeads};
+pub use message::{
+    ErrorCode, ErrorDetail, Limits, Message, PROTOCOL_V1, PeerMetadata, RemoteHeads, WireViolation,
+};

@@ -1,17 +1,28 @@
 //! An in-memory network of protocol hubs for tests: one server (storage in
 //! an in-memory SQLite through `sync_core::storage`) and any number of
 //! clients, with a switchboard that can drop, duplicate and reorder frames.
+//!
+//! Documents are created on the server ([`Net::server_create`]); clients
+//! ask for them ([`Net::want`]) and edit them, each client hub with an
+//! automerge actor of its own ([`client_actor`]). Changes a client hub would
+//! never send (another device's actor, missing dependencies) are built on a
+//! copy of its document ([`Net::fork`]) and sent as a raw `sync` message
+//! ([`Net::send_changes`]).
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use automerge::{ActorId, AutoSerde, Automerge, ChangeHash};
-use sync_core::access::{DocumentRules, PeerInfo};
+use automerge::sync;
+use automerge::{ActorId, AutoSerde, Automerge, Change, ChangeHash, ReadDoc};
+use sync_core::access::{ActorOwner, DocumentRules, PeerInfo, SERVER_USER};
 use sync_core::ids::DocumentId;
 use sync_core::model::ModelError;
 use sync_core::policy::Role;
-use sync_core::protocol::hub::{Access, AllowAll, ConnId, Effects, Event, Hub, HubConfig, Mode};
-use sync_core::protocol::{Limits, Message, decode};
+use sync_core::protocol::hub::{
+    Access, AllowAll, ConnId, Effects, Event, Hub, HubConfig, Mode, Refusal,
+};
+use sync_core::protocol::intake::split_changes;
+use sync_core::protocol::{ErrorDetail, Limits, Message, decode, encode};
 use sync_core::storage::{self, DocStore};
 use sync_core::template::{Template, TemplateRegistry};
 
@@ -33,11 +44,26 @@ pub fn peer(user: &str, role: Role, team: Option<&str>, unit: Option<&str>) -> P
     }
 }
 
+/// The server hub's automerge actor (documents it creates, its own edits).
+pub fn server_actor() -> ActorId {
+    ActorId::from(b"kiemtra-server".to_vec())
+}
+
+/// The automerge actor client `i`'s hub writes with.
+pub fn client_actor(i: usize) -> ActorId {
+    ActorId::from(format!("client-{i}").into_bytes())
+}
+
 /// A hub with its storage, driven synchronously.
 pub struct Node<A: Access> {
     pub hub: Hub<A>,
     pub store: DocStore,
     pub events: Vec<Event>,
+    /// Changes this node made itself (stored with `from: None`), in order.
+    pub made: Vec<(DocumentId, Change)>,
+    /// Loads are reported as failed ([`Hub::load_failed`]) instead of
+    /// answered from the store.
+    pub fail_loads: bool,
 }
 
 /// A frame in flight: (to server?, client index, bytes).
@@ -54,6 +80,8 @@ impl<A: Access> Node<A> {
             hub,
             store: DocStore::open_in_memory().unwrap(),
             events: Vec::new(),
+            made: Vec::new(),
+            fail_loads: false,
         }
     }
 
@@ -77,11 +105,19 @@ impl<A: Access> Node<A> {
                 self.store
                     .append_changes(s.document_id, &kind, &s.changes, now as i64)
                     .unwrap();
+                if s.from.is_none() {
+                    self.made
+                        .extend(s.changes.iter().map(|c| (s.document_id, c.clone())));
+                }
                 next.merge(self.hub.committed(s.ticket, now));
             }
             for id in fx.load.drain(..) {
-                let doc = self.store.load(id).unwrap();
-                next.merge(self.hub.loaded(id, doc, now));
+                if self.fail_loads {
+                    next.merge(self.hub.load_failed(id, "storage is unavailable (test)"));
+                } else {
+                    let doc = self.store.load(id).unwrap();
+                    next.merge(self.hub.loaded(id, doc, now));
+                }
             }
             if next.is_empty() {
                 break;
@@ -122,16 +158,31 @@ pub struct Net {
 
 impl Net {
     pub fn new(who: Vec<PeerInfo>) -> Self {
-        let server = Node::new(Hub::new(
-            HubConfig::new(Mode::Server, "server"),
-            DocumentRules::new(registry()),
-        ));
+        Self::with_server_config(who, |_| {})
+    }
+
+    /// A network whose server hub's settings are adjusted by `f`.
+    pub fn with_server_config(who: Vec<PeerInfo>, f: impl FnOnce(&mut HubConfig)) -> Self {
+        let mut config = HubConfig::new(Mode::Server, "server");
+        config.actor = Some(server_actor());
+        f(&mut config);
+        let mut rules = DocumentRules::new(registry());
+        // As the real server does: its own actor is registered to it, so no
+        // peer can claim it.
+        rules.bind_actor(
+            server_actor(),
+            ActorOwner {
+                user_id: SERVER_USER.to_owned(),
+                device_id: "server".to_owned(),
+            },
+        );
+        let server = Node::new(Hub::new(config, rules));
         let clients = who
             .iter()
             .enumerate()
             .map(|(i, w)| {
                 let mut config = HubConfig::new(Mode::Client, format!("{}-{i}", w.device_id));
-                config.actor = Some(ActorId::from(format!("client-{i}").into_bytes()));
+                config.actor = Some(client_actor(i));
                 Node::new(Hub::new(config, AllowAll))
             })
             .collect();
@@ -235,10 +286,12 @@ impl Net {
     }
 
     /// Restarts the server: a new hub, documents load lazily from its store.
+    /// The actor registry survives (the real server keeps it in its database).
     pub fn reload_server(&mut self) {
         assert!(self.connected.iter().all(|c| !c));
         let config = self.server.hub.config().clone();
-        self.server.hub = Hub::new(config, DocumentRules::new(registry()));
+        let rules = self.server.hub.access().clone();
+        self.server.hub = Hub::new(config, rules);
     }
 
     /// Delivers frames in a random order, dropping and duplicating some,
@@ -276,7 +329,7 @@ impl Net {
         n
     }
 
-    /// A local edit on client `i`.
+    /// A local edit on client `i` (one change, the client's actor).
     pub fn edit(
         &mut self,
         i: usize,
@@ -290,18 +343,119 @@ impl Net {
         self.route_client(i, fx);
     }
 
-    /// A new document made on client `i`.
-    pub fn create(
+    /// A local edit on client `i` that may not fit its current view (the
+    /// writer refuses: an id already taken, a finding not seen): then
+    /// nothing changes and false is returned.
+    pub fn try_edit(
+        &mut self,
+        i: usize,
+        id: &DocumentId,
+        f: impl FnOnce(&mut automerge::transaction::Transaction<'_>) -> Result<(), ModelError>,
+    ) -> bool {
+        match self.clients[i]
+            .hub
+            .update(id, self.now, |doc| in_tx(doc, f))
+        {
+            Ok((_, fx)) => {
+                self.route_client(i, fx);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// A new document made by the server (its actor) and stored there;
+    /// clients [`want`](Self::want) it.
+    pub fn server_create(
+        &mut self,
+        id: DocumentId,
+        f: impl FnOnce(&mut automerge::transaction::Transaction<'_>) -> Result<(), ModelError>,
+    ) {
+        let mut doc = Automerge::new();
+        doc.set_actor(server_actor());
+        in_tx(&mut doc, f).unwrap();
+        let fx = self.server.hub.insert_document(id, doc, self.now);
+        self.route_server(fx);
+        assert!(
+            self.server.store.exists(id).unwrap(),
+            "the server stored the document it created"
+        );
+    }
+
+    /// An edit the server makes itself (its actor), stored, then synced to
+    /// every peer that has the document open.
+    pub fn server_edit(
+        &mut self,
+        id: &DocumentId,
+        f: impl FnOnce(&mut automerge::transaction::Transaction<'_>) -> Result<(), ModelError>,
+    ) {
+        let (_, fx) = self
+            .server
+            .hub
+            .update(id, self.now, |doc| in_tx(doc, f))
+            .unwrap();
+        self.route_server(fx);
+    }
+
+    /// A new document made on client `i` (documents are created by the
+    /// server only: the server answers `doc-unavailable`).
+    pub fn client_create(
         &mut self,
         i: usize,
         id: DocumentId,
         f: impl FnOnce(&mut automerge::transaction::Transaction<'_>) -> Result<(), ModelError>,
     ) {
         let mut doc = Automerge::new();
-        doc.set_actor(ActorId::from(format!("actor-{i}").into_bytes()));
+        doc.set_actor(client_actor(i));
         in_tx(&mut doc, f).unwrap();
         let fx = self.clients[i].hub.insert_document(id, doc, self.now);
         self.route_client(i, fx);
+    }
+
+    /// A copy of client `i`'s document to build changes on that its hub
+    /// would not make (set another actor, skip dependencies, …).
+    pub fn fork(&self, i: usize, id: &DocumentId) -> Automerge {
+        self.client_doc(i, id)
+            .expect("the client holds the document")
+            .clone()
+    }
+
+    /// Sends `changes` from client `i` to the server in one raw `sync`
+    /// message (as a peer that does not go through a hub would), claiming
+    /// `heads`. The frame joins the wire; [`run`](Self::run) delivers it.
+    pub fn send_changes(
+        &mut self,
+        i: usize,
+        id: DocumentId,
+        mut heads: Vec<ChangeHash>,
+        changes: &[Change],
+    ) {
+        heads.sort();
+        let data = sync::Message {
+            heads,
+            need: Vec::new(),
+            have: Vec::new(),
+            changes: sync::ChunkList::from(
+                changes
+                    .iter()
+                    .map(|c| c.raw_bytes().to_vec())
+                    .collect::<Vec<_>>(),
+            ),
+            flags: None,
+            version: sync::MessageVersion::V1,
+        }
+        .encode();
+        let msg = Message::Sync {
+            sender_id: self.clients[i].hub.config().peer_id.clone(),
+            target_id: "server".to_owned(),
+            document_id: id,
+            data,
+        };
+        self.wire.push(Frame {
+            to_server: true,
+            client: i,
+            bytes: encode(&msg),
+        });
     }
 
     /// Client `i` asks for a document it does not hold.
@@ -312,6 +466,67 @@ impl Net {
 
     pub fn client_doc(&self, i: usize, id: &DocumentId) -> Option<&Automerge> {
         self.clients[i].hub.document(id)
+    }
+
+    /// The structured part of every document-level `error` sent to client `i`.
+    pub fn error_details_to(&self, i: usize) -> Vec<ErrorDetail> {
+        self.to_clients[i]
+            .iter()
+            .filter_map(|m| match m {
+                Message::Error {
+                    detail: Some(d), ..
+                } => Some((**d).clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// What the server refused of client `i`'s changes, per message.
+    pub fn refusals_of(&self, i: usize) -> Vec<Refusal> {
+        self.server
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Rejected { conn, refusal, .. } if *conn == i as ConnId => {
+                    Some(refusal.clone())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Every change the server sent client `i` about document `id`, and the
+    /// heads it announced in each `sync`/`request`, in order.
+    pub fn syncs_to(
+        &self,
+        i: usize,
+        id: &DocumentId,
+    ) -> Vec<(Vec<ChangeHash>, BTreeSet<ChangeHash>)> {
+        self.to_clients[i]
+            .iter()
+            .filter_map(|m| match m {
+                Message::Sync {
+                    document_id, data, ..
+                }
+                | Message::Request {
+                    document_id, data, ..
+                } if document_id == id => {
+                    let msg = sync::Message::decode(data).unwrap();
+                    let changes = split_changes(msg.changes.iter()).unwrap();
+                    Some((msg.heads, hashes(&changes)))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Whether the server stored the change `hash` of document `id`.
+    pub fn server_has(&self, id: DocumentId, hash: &ChangeHash) -> bool {
+        self.server
+            .store
+            .load(id)
+            .unwrap()
+            .is_some_and(|d| d.get_change_by_hash(hash).is_some())
     }
 
     pub fn errors_to(&self, i: usize) -> Vec<String> {
@@ -337,6 +552,16 @@ impl Net {
 
 pub fn raw_rows(store: &DocStore, id: DocumentId) -> Option<storage::RawDocument> {
     store.load_raw(id).unwrap()
+}
+
+/// The changes of `doc` that are not in `before` (heads), in causal order.
+pub fn new_changes(doc: &Automerge, before: &[ChangeHash]) -> Vec<Change> {
+    doc.get_changes(before)
+}
+
+/// Hashes of changes, as a set.
+pub fn hashes<'a>(changes: impl IntoIterator<Item = &'a Change>) -> BTreeSet<ChangeHash> {
+    changes.into_iter().map(Change::hash).collect()
 }
 
 /// Runs `f` in one automerge transaction (one change).

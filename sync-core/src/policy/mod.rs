@@ -18,6 +18,10 @@ use automerge::{Automerge, ChangeHash, ObjType, Prop, ROOT, ReadDoc, Value};
 
 use crate::model::DocKind;
 
+mod change;
+
+pub use change::{Author, ChangeCheck, check_change, is_lead};
+
 /// Who is writing. A device acts with its user's role; the server acts as
 /// [`Role::Server`] for the documents it maintains itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -84,8 +88,11 @@ impl std::str::FromStr for Role {
 /// Whether `role` may create a document of `kind`.
 pub fn may_create(role: Role, kind: DocKind) -> bool {
     match kind {
-        DocKind::Inspection | DocKind::Action => matches!(role, Role::Secretariat | Role::Server),
-        DocKind::Catalog | DocKind::Index => role == Role::Server,
+        // Through the API, which checks units, teams and members; never
+        // through sync.
+        DocKind::Inspection | DocKind::Action | DocKind::Catalog | DocKind::Index => {
+            role == Role::Server
+        }
     }
 }
 
@@ -106,7 +113,7 @@ const INDEX_ALL: &[&str] = &["user_id", "documents"];
 pub fn writable_paths(kind: DocKind, role: Role) -> &'static [&'static str] {
     match (kind, role) {
         (DocKind::Inspection, Role::Server) => INSPECTION_ALL,
-        (DocKind::Inspection, Role::Secretariat) => &["header", "review"],
+        (DocKind::Inspection, Role::Secretariat) => &["review"],
         (DocKind::Inspection, Role::Inspector) => &["answers", "findings", "photos", "submissions"],
         (DocKind::Action, Role::Server) => ACTION_ALL,
         (DocKind::Action, Role::Secretariat) => &["assignment", "verification"],
@@ -118,7 +125,94 @@ pub fn writable_paths(kind: DocKind, role: Role) -> &'static [&'static str] {
     }
 }
 
-/// A write the author's role may not make.
+/// Which rule a refused change broke. The spelling ([`Rule::as_str`]) is
+/// stable: clients act on it (`docs/SYNC.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Rule {
+    /// The author's role does not own that part of the document.
+    Owner,
+    /// `kind` and `schema` never change.
+    Fixed,
+    /// Documents are created by the server only.
+    Create,
+    /// Sections are laid out by the server and never replaced or deleted.
+    Section,
+    /// Entries and fields are never deleted (entries are tombstoned).
+    Delete,
+    /// An existing entry may not be replaced by a new one.
+    Replace,
+    /// The entry was written by an earlier change and may not be edited.
+    Immutable,
+    /// `by` must be the user who wrote the change.
+    Author,
+    /// The change's automerge actor belongs to another user or device.
+    Actor,
+    /// Only the team lead settles a conflict.
+    Settle,
+    /// The author is not on this inspection's team.
+    Member,
+    /// A published template never changes.
+    Published,
+    /// The document would not be valid (schema, template) after the change.
+    Invalid,
+    /// The change depends on a refused change.
+    Depends,
+    /// The change writes into an object the document does not have, or
+    /// could not be applied.
+    Object,
+}
+
+impl Rule {
+    pub const ALL: [Rule; 15] = [
+        Rule::Owner,
+        Rule::Fixed,
+        Rule::Create,
+        Rule::Section,
+        Rule::Delete,
+        Rule::Replace,
+        Rule::Immutable,
+        Rule::Author,
+        Rule::Actor,
+        Rule::Settle,
+        Rule::Member,
+        Rule::Published,
+        Rule::Invalid,
+        Rule::Depends,
+        Rule::Object,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rule::Owner => "owner",
+            Rule::Fixed => "fixed",
+            Rule::Create => "create",
+            Rule::Section => "section",
+            Rule::Delete => "delete",
+            Rule::Replace => "replace",
+            Rule::Immutable => "immutable",
+            Rule::Author => "author",
+            Rule::Actor => "actor",
+            Rule::Settle => "settle",
+            Rule::Member => "member",
+            Rule::Published => "published",
+            Rule::Invalid => "invalid",
+            Rule::Depends => "depends",
+            Rule::Object => "object",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Rule> {
+        Rule::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A write the author may not make.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Violation {
     /// What was written, as precisely as the change shows it (e.g.
@@ -127,6 +221,7 @@ pub struct Violation {
     pub role: Role,
     /// The change that made the write.
     pub change: ChangeHash,
+    pub rule: Rule,
     pub reason: String,
 }
 
@@ -175,6 +270,7 @@ pub fn check_changes(
                 path: String::new(),
                 role,
                 change: head,
+                rule: Rule::Object,
                 reason: "the new document state does not contain the old one".to_owned(),
             });
         }
@@ -196,6 +292,7 @@ pub fn check_changes(
                 path: "kind".to_owned(),
                 role,
                 change: first.hash(),
+                rule: Rule::Create,
                 reason: format!("document kind {found:?} is unknown"),
             }]);
         }
@@ -204,6 +301,7 @@ pub fn check_changes(
                 path: "kind".to_owned(),
                 role,
                 change: first.hash(),
+                rule: Rule::Create,
                 reason: "document has no kind: the first change must set kind and schema"
                     .to_owned(),
             }]);
@@ -264,11 +362,15 @@ pub fn check_changes(
             let fixed = top == "kind" || top == "schema";
             let reason = if fixed {
                 if !creating {
-                    Some(format!(
-                        "{top} is fixed when the document is created and never changes"
+                    Some((
+                        Rule::Fixed,
+                        format!("{top} is fixed when the document is created and never changes"),
                     ))
                 } else if !may_create(role, kind) {
-                    Some(format!("role {role} may not create {kind} documents"))
+                    Some((
+                        Rule::Create,
+                        format!("role {role} may not create {kind} documents"),
+                    ))
                 } else {
                     None
                 }
@@ -280,27 +382,23 @@ pub fn check_changes(
                 // The creator lays out an empty section for its owner.
                 None
             } else if !owned.contains(&top.as_str()) {
-                Some(if owned.is_empty() {
-                    format!("role {role} may not write {kind} documents")
-                } else {
-                    format!(
-                        "role {role} may write only {} in {kind} documents",
-                        owned.join(", ")
-                    )
-                })
+                Some((Rule::Owner, owner_reason(role, kind, owned)))
             } else if top == "templates"
                 && !published.is_empty()
                 && path.get(1).is_none_or(|key| published.contains(key))
             {
-                Some(format!(
-                    "{} holds a published template; published templates never change: \
-                     publish a new version",
-                    path.join("/")
+                Some((
+                    Rule::Published,
+                    format!(
+                        "{} holds a published template; published templates never change: \
+                         publish a new version",
+                        path.join("/")
+                    ),
                 ))
             } else {
                 None
             };
-            if let Some(reason) = reason {
+            if let Some((rule, reason)) = reason {
                 violations.push(Violation {
                     path: if fixed && creating {
                         "kind".to_owned()
@@ -309,6 +407,7 @@ pub fn check_changes(
                     },
                     role,
                     change: hash,
+                    rule,
                     reason,
                 });
             }
@@ -318,6 +417,18 @@ pub fn check_changes(
         Ok(())
     } else {
         Err(violations)
+    }
+}
+
+/// Why `role` may not write outside `owned` in a `kind` document.
+pub(crate) fn owner_reason(role: Role, kind: DocKind, owned: &[&str]) -> String {
+    if owned.is_empty() {
+        format!("role {role} may not write {kind} documents")
+    } else {
+        format!(
+            "role {role} may write only {} in {kind} documents",
+            owned.join(", ")
+        )
     }
 }
 
