@@ -36,6 +36,21 @@ const KILL_AFTER: [usize; 3] = [6, 20, 34];
 /// Yes/no/partial items of the demo checklist: answers need no extra fields.
 const TRI_ITEMS: [&str; 8] = ["A2", "B8", "B9", "C2", "D3", "F1", "F2", "F3"];
 
+/// The item tablet `p` answers in its edit `i`. Tablets 0 and 2 belong to
+/// inspector1, the team lead; 1 and 3 to inspector2, a member. Only the
+/// lead may answer over a conflict (two concurrent answers), so the lead's
+/// tablets share the first four items — their concurrent answers become
+/// visible conflicts, which the lead's later answers settle — and each of
+/// the member's tablets has two items of its own, which no other tablet
+/// answers concurrently.
+fn answer_item(p: usize, i: usize) -> &'static str {
+    if p.is_multiple_of(2) {
+        TRI_ITEMS[(p * 3 + i) % 4]
+    } else {
+        TRI_ITEMS[4 + (p / 2) * 2 + i % 2]
+    }
+}
+
 async fn spawn(data: &Path) -> ChildServer {
     ChildServer::spawn(
         Path::new(BIN),
@@ -71,14 +86,14 @@ async fn kill_9(child: &mut ChildServer) {
 }
 
 /// One edit of tablet `p`, number `i` (globally unique per tablet): mostly
-/// new findings, every third an answer (concurrent answers to one item are
-/// allowed: they become a visible conflict).
+/// new findings, every third an answer (see [`answer_item`]: concurrent
+/// answers of the lead's tablets become visible conflicts).
 async fn one_edit(peer: &Peer, docs: &[DocumentId; 2], p: usize, i: usize) -> Vec<ChangeHash> {
     let doc = docs[(p + i) % 2];
     let by = peer.user_id.clone();
     let at = now_unix() * 1000;
     let result = if i % 3 == 2 {
-        let item = TRI_ITEMS[(p * 3 + i) % TRI_ITEMS.len()];
+        let item = answer_item(p, i);
         let answer = Answer {
             value: AnswerValue::YesNoPartial([Tri::Yes, Tri::Partial, Tri::No][i % 3]),
             fields: Default::default(),

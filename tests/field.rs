@@ -9,7 +9,12 @@
 //! - a photo upload is cut at a random byte and resumes;
 //! - a tablet offline for 60 simulated days with 500 edits logs in again
 //!   and syncs them all;
-//! - the command line and the Python binding do the same against the server.
+//! - the command line and the Python binding do the same against the server;
+//! - the checklist is republished and an inspection moved to the new
+//!   version while tablets are offline: the server refuses part of their
+//!   work, and every piece of it ends up on the server (written again on
+//!   top of the server's state) or listed as refused with its reason, with
+//!   nothing lost on the tablets and later edits uploading as usual.
 //!
 //! Random choices print their seed (`KIEMTRA_FIELD_SEED` replays one).
 #![allow(clippy::unwrap_used)]
@@ -24,11 +29,13 @@ use std::time::Duration;
 
 use automerge::Automerge;
 use mobile_bridge::{
-    FieldError, FindingEdit, NewFinding, OffsetClock, PhotoTarget, Rng, SessionState, SyncListener,
-    SyncPhase, SyncProgress, Tablet, TabletConfig, XorShift,
+    FieldError, FindingEdit, NewFinding, OffsetClock, PhotoTarget, RefusedView, Rng, SessionState,
+    SyncListener, SyncPhase, SyncProgress, Tablet, TabletConfig, XorShift,
 };
 use serde_json::{Value, json};
 use sync_core::DocumentId;
+use sync_core::model::{self, Inspection};
+use sync_core::template::Template;
 use tempfile::TempDir;
 use tests::{ChildServer, TIMEOUT, TestServer, client, login_ok};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -838,6 +845,343 @@ async fn background_sync_brings_in_a_teammates_answer() {
     server.stop().await;
 }
 
+// ----- refused work: a template republished while tablets are offline --------------------
+
+const CHECKLIST: &str = include_str!("../server/demo-data/checklist_de_an_06.json");
+
+/// Version 2 of the demo checklist: item A4 is gone.
+fn checklist_v2() -> Template {
+    let mut json: Value = serde_json::from_str(CHECKLIST).unwrap();
+    json["version"] = 2.into();
+    json["item_count"] = 29.into();
+    json["sections"][0]["items"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|i| i["id"] != "A4");
+    Template::from_json(&json.to_string()).unwrap()
+}
+
+/// The secretariat republishes the checklist as version 2 and moves
+/// inspection `id` to it (header change), through the server's library:
+/// the template enters the database, the catalog and the sync rules, and
+/// the header is edited by the server's hub.
+async fn move_to_checklist_v2(server: &TestServer, id: &str) {
+    let v2 = checklist_v2();
+    server
+        .state
+        .db
+        .write(move |tx| server::templates::publish(tx, &v2, "secretariat", "2025-11-04T08:00:00Z"))
+        .await
+        .unwrap();
+    server::inspections::ensure_catalog(&server.state.db, &server.state.sync)
+        .await
+        .unwrap();
+    let templates = server
+        .state
+        .db
+        .read(server::inspections::load_templates)
+        .await
+        .unwrap();
+    server.state.sync.set_templates(templates).await.unwrap();
+    server
+        .state
+        .sync
+        .edit(
+            DocumentId::parse(id).unwrap(),
+            Box::new(|doc| {
+                server::inspections::in_tx(doc, |tx| {
+                    use automerge::transaction::Transactable;
+                    use automerge::{ObjType, ROOT, ReadDoc, ScalarValue, Value as AmValue};
+                    let Some((AmValue::Object(ObjType::Map), h)) = tx.get(ROOT, "header")? else {
+                        return Err(model::ModelError::NotFound {
+                            path: "header".into(),
+                        });
+                    };
+                    tx.put(&h, "template_version", ScalarValue::Uint(2))?;
+                    Ok(())
+                })
+            }),
+        )
+        .await
+        .unwrap();
+}
+
+/// The server's copy of an inspection, read with every published template.
+async fn server_inspection(server: &TestServer, id: &str) -> Inspection {
+    let doc = server_doc(server, id).await;
+    let templates = server
+        .state
+        .db
+        .read(server::inspections::load_templates)
+        .await
+        .unwrap();
+    model::read_inspection(&doc, &templates).unwrap()
+}
+
+/// The refused piece of work at `piece`, which must be listed with a reason.
+fn refused_at<'a>(list: &'a [RefusedView], id: &str, piece: &str) -> &'a RefusedView {
+    let r = list
+        .iter()
+        .find(|r| r.document_id == id && r.piece == piece)
+        .unwrap_or_else(|| panic!("{piece} is not listed as refused: {list:?}"));
+    assert_eq!(r.state, "open", "{r:?}");
+    assert!(!r.reason.is_empty() && r.rule.is_some(), "{r:?}");
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_change_no_longer_strands_the_work_after_it() {
+    let server = TestServer::start(true).await;
+    let id = schedule(&server.base, "00008", "Đoàn A", "inspector1").await;
+    let (t, dir) = tablet();
+    login(&t, &server.base, "inspector1").await;
+    sync(&t).await;
+
+    // Offline: an answer the new template keeps, one to the item it drops,
+    // and work after that (which depends on it, change by change).
+    let none = HashMap::new;
+    t.answer(&id, "A1", "yes", none(), None).unwrap();
+    t.answer(&id, "A4", "3", none(), Some("hai buổi".into()))
+        .unwrap();
+    let stuck = t
+        .add_finding(
+            &id,
+            NewFinding {
+                title: "Chưa tập huấn đủ".into(),
+                note: "Chỉ một buổi".into(),
+                severity: "medium".into(),
+                item_id: Some("A4".into()),
+            },
+        )
+        .unwrap();
+    let kept = t
+        .add_finding(
+            &id,
+            NewFinding {
+                title: "Thiếu biên bản".into(),
+                note: "Chưa có".into(),
+                severity: "high".into(),
+                item_id: None,
+            },
+        )
+        .unwrap();
+    let file = write_photo(dir.path(), "p.png", &noise_png(90, 60, 21));
+    let photo = t
+        .add_photo(
+            &id,
+            &file,
+            PhotoTarget {
+                finding_id: Some(kept.clone()),
+                ..PhotoTarget::default()
+            },
+        )
+        .unwrap()
+        .sha256;
+    t.answer(&id, "A2", "partial", none(), None).unwrap();
+
+    // Meanwhile the secretariat moves the inspection to checklist v2.
+    move_to_checklist_v2(&server, &id).await;
+    let report = sync(&t).await;
+
+    // The report says what was refused, and why.
+    let refused = t.refused().unwrap();
+    assert_eq!(report.refused, refused);
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    let a4 = refused_at(&refused, &id, "answers/A4");
+    assert_eq!(a4.rule.as_deref(), Some("invalid"));
+    assert!(a4.reason.contains("A4"), "{a4:?}");
+    assert!(a4.label.contains("A4"), "{a4:?}");
+    let f = refused_at(&refused, &id, &format!("findings/{stuck}"));
+    assert!(f.reason.contains("A4"), "{f:?}");
+    assert_eq!(report.rebased, 3, "{report:?}");
+
+    // Everything else is on the server.
+    let on_server = server_inspection(&server, &id).await;
+    assert_eq!(on_server.header.template_version, 2);
+    assert!(on_server.answers.contains_key("A1"));
+    assert!(on_server.answers.contains_key("A2"));
+    assert!(!on_server.answers.contains_key("A4"));
+    assert_eq!(on_server.findings[&kept].note, "Chưa có");
+    assert!(on_server.findings[&kept].photos.contains(&photo));
+    assert!(on_server.photos.contains_key(&photo));
+    assert!(!on_server.findings.contains_key(&stuck));
+    assert_eq!(
+        blob(&server.base, "inspector2", &photo).await,
+        t.photo_bytes(&photo).unwrap()
+    );
+    assert_eq!(t.status().unwrap().pending_changes, 0);
+    assert_eq!(
+        tablet_heads(&t, &id),
+        sorted_heads(&server_doc(&server, &id).await)
+    );
+
+    // A later edit of the same inspection uploads.
+    t.answer(&id, "A3", "45/50", none(), None).unwrap();
+    let report = sync(&t).await;
+    assert_eq!(report.refused.len(), 2, "nothing new refused: {report:?}");
+    let on_server = server_inspection(&server, &id).await;
+    assert!(
+        on_server.answers.contains_key("A3"),
+        "a later edit is stuck behind the refused one"
+    );
+    assert_eq!(t.status().unwrap().pending_changes, 0);
+    assert_eq!(
+        tablet_heads(&t, &id),
+        sorted_heads(&server_doc(&server, &id).await)
+    );
+    drop(t);
+    server.stop().await;
+}
+
+/// One tablet's offline work on the inspection: what it answered, found
+/// and photographed.
+#[derive(Debug, Default)]
+struct Work {
+    answers: Vec<&'static str>,
+    findings: Vec<String>,
+    photos: Vec<String>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_republished_template_refuses_part_of_two_tablets_work_and_none_is_lost() {
+    let server = TestServer::start(true).await;
+    let id = schedule(&server.base, "00008", "Đoàn A", "inspector1").await;
+    let users = ["inspector1", "inspector2"];
+    let mut tablets = Vec::new();
+    let mut dirs = Vec::new();
+    for user in users {
+        let (t, dir) = tablet();
+        login(&t, &server.base, user).await;
+        sync(&t).await;
+        tablets.push(t);
+        dirs.push(dir);
+    }
+    let none = HashMap::new;
+
+    // Offline work on both tablets, some of it about item A4.
+    let mut work = [Work::default(), Work::default()];
+    for (n, t) in tablets.iter().enumerate() {
+        let w = &mut work[n];
+        let (first, second) = if n == 0 { ("A1", "A2") } else { ("A3", "C2") };
+        let first_value = if n == 0 { "yes" } else { "40/50" };
+        t.answer(&id, first, first_value, none(), None).unwrap();
+        t.answer(&id, "A4", &format!("{}", n + 2), none(), None)
+            .unwrap();
+        t.answer(&id, second, "partial", none(), None).unwrap();
+        w.answers = vec![first, "A4", second];
+        for (k, item) in [Some("A4"), None, Some("A2")].into_iter().enumerate() {
+            let f = t
+                .add_finding(
+                    &id,
+                    NewFinding {
+                        title: format!("Máy {n} phát hiện {k}"),
+                        note: format!("ghi chú {n}.{k}"),
+                        severity: "low".into(),
+                        item_id: item.map(str::to_owned),
+                    },
+                )
+                .unwrap();
+            w.findings.push(f);
+        }
+        // A photo of the first finding (about A4), one of item A4, and one
+        // of the second finding.
+        let targets = [
+            PhotoTarget {
+                finding_id: Some(w.findings[0].clone()),
+                ..PhotoTarget::default()
+            },
+            PhotoTarget {
+                item_id: Some("A4".into()),
+                ..PhotoTarget::default()
+            },
+            PhotoTarget {
+                finding_id: Some(w.findings[1].clone()),
+                caption: Some("Bảng tin".into()),
+                ..PhotoTarget::default()
+            },
+        ];
+        for (k, target) in targets.into_iter().enumerate() {
+            let file = write_photo(
+                dirs[n].path(),
+                &format!("p{k}.png"),
+                &noise_png(80, 60, (n * 10 + k) as u64 + 100),
+            );
+            w.photos
+                .push(t.add_photo(&id, &file, target).unwrap().sha256);
+        }
+        t.edit_finding(
+            &id,
+            &w.findings[1],
+            FindingEdit {
+                append_note: Some(" (bổ sung)".into()),
+                ..FindingEdit::default()
+            },
+        )
+        .unwrap();
+    }
+
+    move_to_checklist_v2(&server, &id).await;
+    for t in &tablets {
+        let report = sync(t).await;
+        assert!(!report.refused.is_empty(), "{report:?}");
+        assert!(report.rebased > 0, "{report:?}");
+    }
+    for t in &tablets {
+        sync(t).await;
+    }
+
+    let on_server = server_inspection(&server, &id).await;
+    let server_heads = sorted_heads(&server_doc(&server, &id).await);
+    for ((t, w), user) in tablets.iter().zip(&work).zip(users) {
+        assert_eq!(tablet_heads(t, &id), server_heads, "{user}");
+        assert_eq!(t.status().unwrap().pending_changes, 0, "{user}");
+        let refused = t.refused().unwrap();
+        // Every piece of work is on the server or listed as refused.
+        for item in &w.answers {
+            if *item == "A4" {
+                let r = refused_at(&refused, &id, "answers/A4");
+                assert!(r.reason.contains("A4"), "{user}: {r:?}");
+            } else {
+                assert!(
+                    on_server.answers.contains_key(*item),
+                    "{user}: answer {item}"
+                );
+            }
+        }
+        refused_at(&refused, &id, &format!("findings/{}", w.findings[0]));
+        assert!(!on_server.findings.contains_key(&w.findings[0]));
+        for f in &w.findings[1..] {
+            assert!(on_server.findings.contains_key(f), "{user}: finding {f}");
+        }
+        assert!(
+            on_server.findings[&w.findings[1]]
+                .note
+                .ends_with(" (bổ sung)")
+        );
+        assert!(
+            on_server.findings[&w.findings[1]]
+                .photos
+                .contains(&w.photos[2])
+        );
+        for sha in &w.photos[..2] {
+            refused_at(&refused, &id, &format!("photos/{sha}"));
+            assert!(!on_server.photos.contains_key(sha), "{user}: {sha}");
+        }
+        assert!(on_server.photos.contains_key(&w.photos[2]), "{user}");
+        assert_eq!(
+            blob(&server.base, "inspector1", &w.photos[2]).await,
+            t.photo_bytes(&w.photos[2]).unwrap()
+        );
+        // Nothing is lost on the tablet: the refused photos are still here.
+        for sha in &w.photos {
+            assert!(!t.photo_bytes(sha).unwrap().is_empty(), "{user}: {sha}");
+        }
+        assert_eq!(refused.len(), 4, "{user}: {refused:?}");
+    }
+    drop(tablets);
+    server.stop().await;
+}
+
 // ----- the command line and the Python binding ---------------------------------------
 
 /// The target folder this test binary was built into (`…/debug`).
@@ -1022,6 +1366,68 @@ async fn the_command_line_plays_two_tablets() {
         .collect();
     heads.sort();
     assert_eq!(heads, server_heads);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_reports_refused_work_and_rebases_it() {
+    build_mobile_bridge().await;
+    let server = TestServer::start(true).await;
+    let base = server.base.clone();
+    let id = schedule(&base, "00008", "Đoàn A", "inspector1").await;
+    let a = tempfile::tempdir().unwrap();
+    let login_args = [
+        "login",
+        "--server",
+        &base,
+        "--username",
+        "inspector1",
+        "--password",
+        PASSWORD,
+    ];
+    ok(&field(a.path(), &login_args).await);
+    ok(&field(a.path(), &["sync"]).await);
+    ok(&field(a.path(), &["answer", &id, "A4", "3"]).await);
+    ok(&field(a.path(), &["answer", &id, "A2", "partial"]).await);
+    move_to_checklist_v2(&server, &id).await;
+
+    // Not "synced" silently: exit code 5 and the refused work listed.
+    let out = field(a.path(), &["sync"]).await;
+    assert_eq!(
+        out.code,
+        Some(5),
+        "stdout: {}\nstderr: {}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(
+        out.stdout.contains("synced with refusals"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("answer A4 = 3"), "{}", out.stdout);
+    let list: Value =
+        serde_json::from_str(ok(&field(a.path(), &["refused", "--json"]).await)).unwrap();
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0]["piece"], "answers/A4");
+    assert_eq!(list[0]["rule"], "invalid");
+    assert_eq!(list[0]["document_id"], id.as_str());
+    assert!(list[0]["reason"].as_str().unwrap().contains("A4"));
+    let on_server = server_inspection(&server, &id).await;
+    assert!(on_server.answers.contains_key("A2"), "rebased and uploaded");
+
+    let out = field(a.path(), &["sync", "--json"]).await;
+    assert_eq!(out.code, Some(5), "{}", out.stderr);
+    let report: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(report["refused"].as_array().unwrap().len(), 1);
+    // Still not applicable to version 2 of the checklist.
+    let out = field(a.path(), &["rebase", &id]).await;
+    assert_eq!(out.code, Some(5), "{}", out.stderr);
+    assert!(out.stdout.contains("still refused"), "{}", out.stdout);
+    let status: Value =
+        serde_json::from_str(ok(&field(a.path(), &["status", "--json"]).await)).unwrap();
+    assert_eq!(status["pending_changes"], 0);
     server.stop().await;
 }
 

@@ -690,9 +690,9 @@ impl Peer {
     /// (`refused`, `retry-later`, …); returns its text and structured part.
     pub async fn wait_error_code(&self, id: DocumentId, code: &str) -> (String, ErrorDetail) {
         let matches = |detail: &Option<Box<ErrorDetail>>| {
-            detail.as_ref().is_some_and(|d| {
-                d.document_id == Some(id) && d.code.as_deref() == Some(code)
-            })
+            detail
+                .as_ref()
+                .is_some_and(|d| d.document_id == Some(id) && d.code.as_deref() == Some(code))
         };
         self.wait_until(&format!("an error {code:?} about {id}"), |st| {
             st.log

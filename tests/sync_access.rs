@@ -142,12 +142,22 @@ async fn a_unit_reads_its_accepted_inspection_but_cannot_write_answers() {
         .await
         .unwrap();
     assert_eq!(written.len(), 1);
-    let error = unit.wait_error(&id.to_string()).await;
+    let (error, detail) = unit.wait_refused(id).await;
     assert!(
-        error.contains("changes refused, nothing was stored"),
+        error.starts_with(&format!("document {id}: 1 change(s) refused, 0 kept")),
         "{error}"
     );
-    assert!(error.contains("unit may not write answers"), "{error}");
+    assert!(error.contains("unit may not write answers/A2"), "{error}");
+    assert_eq!(detail.document_id, Some(id));
+    assert_eq!(detail.code.as_deref(), Some("refused"));
+    assert_eq!(detail.refused, vec![written[0].to_string()]);
+    assert_eq!(detail.refused_count, 1);
+    let first = &detail.violations[0];
+    assert_eq!(first.rule, "owner", "{detail:?}");
+    assert_eq!(first.role, "unit");
+    assert_eq!(first.change, written[0].to_string());
+    assert!(first.path.starts_with("answers/A2"), "{detail:?}");
+    assert_eq!(detail.violation_count as usize, detail.violations.len());
     assert_eq!(
         stored_rows(&db),
         before,
@@ -178,7 +188,7 @@ async fn an_inspector_cannot_write_the_review() {
     inspector1.wait_synced().await;
     let before = stored_rows(&db);
     let by = inspector1.user_id.clone();
-    inspector1
+    let written = inspector1
         .edit(id, |tx| {
             model::review_decide(
                 tx,
@@ -191,12 +201,24 @@ async fn an_inspector_cannot_write_the_review() {
         })
         .await
         .unwrap();
-    let error = inspector1.wait_error(&id.to_string()).await;
+    let (error, detail) = inspector1.wait_refused(id).await;
     assert!(
-        error.starts_with(&format!("document {id}: changes refused")),
+        error.starts_with(&format!("document {id}: 1 change(s) refused, 0 kept")),
         "{error}"
     );
-    assert!(error.contains("inspector may not write review"), "{error}");
+    assert!(
+        error.contains("inspector may not write review/decisions/d-self"),
+        "{error}"
+    );
+    assert_eq!(detail.refused, vec![written[0].to_string()]);
+    assert_eq!(detail.violations[0].rule, "owner", "{detail:?}");
+    assert_eq!(detail.violations[0].role, "inspector");
+    assert!(
+        detail.violations[0]
+            .path
+            .starts_with("review/decisions/d-self"),
+        "{detail:?}"
+    );
     assert_eq!(stored_rows(&db), before);
     let (_, view) = get_inspection(&server.base, &secretariat_token, id).await;
     assert_eq!(view["status"], "scheduled");

@@ -328,7 +328,7 @@ async fn protocol_violations_get_an_error_and_a_close() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sync_about_an_unknown_or_foreign_document_gets_an_error_naming_it() {
+async fn a_sync_about_an_unknown_or_foreign_document_gets_doc_unavailable() {
     let mut bench = Bench::start().await;
     let db = db_file(&bench.server.data_dir());
     let before = crate::peer::stored_rows(&db);
@@ -344,14 +344,19 @@ async fn a_sync_about_an_unknown_or_foreign_document_gets_an_error_naming_it() {
         data: data.clone(),
     })
     .await;
+    // The same answer as for a `request`: the server neither says it
+    // exists nor lets the `sync` create it.
     match raw.next().await {
-        RawEvent::Message(Message::Error { message, .. }) => {
-            assert_eq!(
-                message,
-                format!("document {ghost}: is not available to you")
-            );
+        RawEvent::Message(Message::DocUnavailable {
+            document_id,
+            sender_id,
+            target_id,
+        }) => {
+            assert_eq!(document_id, ghost);
+            assert_eq!(sender_id, "kiemtra-server");
+            assert_eq!(target_id, "curious");
         }
-        other => panic!("expected an error naming {ghost}, got {other:?}"),
+        other => panic!("expected doc-unavailable about {ghost}, got {other:?}"),
     }
     bench
         .good_peer_still_syncs("a sync about a ghost document")
@@ -367,13 +372,10 @@ async fn a_sync_about_an_unknown_or_foreign_document_gets_an_error_naming_it() {
     })
     .await;
     match raw.next().await {
-        RawEvent::Message(Message::Error { message, .. }) => {
-            assert_eq!(
-                message,
-                format!("document {foreign}: is not available to you")
-            );
+        RawEvent::Message(Message::DocUnavailable { document_id, .. }) => {
+            assert_eq!(document_id, foreign, "the same answer as for a ghost");
         }
-        other => panic!("expected an error naming {foreign}, got {other:?}"),
+        other => panic!("expected doc-unavailable about {foreign}, got {other:?}"),
     }
     bench
         .good_peer_still_syncs("a sync about another team's document")

@@ -14,8 +14,8 @@ use sync_core::protocol::Message;
 use tests::*;
 
 use crate::peer::{
-    Peer, RawConn, RawEvent, db_file, get_inspection, inspection_of, list_inspections,
-    stored_doc, stored_rows, token_of,
+    Peer, RawConn, RawEvent, db_file, get_inspection, inspection_of, list_inspections, stored_doc,
+    stored_rows, token_of,
 };
 
 fn finding(by: &str, title: &str) -> Finding {
@@ -57,8 +57,9 @@ fn empty_request_data() -> Vec<u8> {
 
 /// The `actors` row of `actor`: (user id, device id).
 fn actor_row(db: &std::path::Path, actor: &ActorId) -> Option<(String, String)> {
-    let conn = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .unwrap();
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
     let mut stmt = conn
         .prepare("SELECT user_id, device_id FROM actors WHERE actor = ?1")
         .unwrap();
@@ -148,8 +149,9 @@ async fn the_secretariat_cannot_create_an_inspection_through_sync() {
     assert_eq!(stored_rows(&db), rows_before);
     assert!(stored_doc(&db, id).is_none());
     assert!(stored_doc(&db, other).is_none());
-    let conn = rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .unwrap();
+    let conn =
+        rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
     let rows: i64 = conn
         .query_row(
             "SELECT count(*) FROM doc_store_documents WHERE doc_id IN (?1, ?2)",
@@ -158,15 +160,34 @@ async fn the_secretariat_cannot_create_an_inspection_through_sync() {
         )
         .unwrap();
     assert_eq!(rows, 0);
+    let audited: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM audit_log WHERE subject IN (?1, ?2)",
+            [id.to_string(), other.to_string()],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(audited, 0, "no audit row either");
     let listed = list_inspections(&server.base, &token).await;
     assert_eq!(listed, listed_before);
     assert!(listed.iter().all(|i| i["unit_code"] != "99999"));
     assert_eq!(get_inspection(&server.base, &token, id).await.0, 404);
 
     // The connection still serves what the secretariat may read.
+    // (`wait_synced` does not apply: the peer still holds the document the
+    // server refused to take.)
     let real = inspection_of(&server.base, &token, "00004").await;
     assert!(secretariat.want(real).await);
-    secretariat.wait_synced().await;
+    secretariat
+        .wait_doc(real, "the scheduled inspection", |d| {
+            model::kind_of(d).is_ok_and(|k| k == model::DocKind::Inspection)
+        })
+        .await;
+    assert!(
+        secretariat.errors().is_empty(),
+        "{:?}",
+        secretariat.errors()
+    );
     server.stop().await;
 }
 
@@ -335,7 +356,9 @@ async fn a_document_that_cannot_be_loaded_is_retry_later_never_unavailable() {
                     "the storage error itself stays on the server: {message}"
                 );
             }
-            other => panic!("expected an error with retry-later (request {request}), got {other:?}"),
+            other => {
+                panic!("expected an error with retry-later (request {request}), got {other:?}")
+            }
         }
     }
     // The same connection is served the other document.

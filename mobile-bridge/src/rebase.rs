@@ -288,8 +288,7 @@ fn views(engine: &Engine, refusal: &RefusalRow) -> std::result::Result<Views, St
         .map_err(|e| format!("the refused changes do not apply here: {e}"))?;
     if hashes.iter().any(|h| all.get_change_by_hash(h).is_none()) {
         return Err(
-            "some refused changes depend on changes this device does not hold; sync again"
-                .into(),
+            "some refused changes depend on changes this device does not hold; sync again".into(),
         );
     }
     let own: HashSet<ChangeHash> = hashes.iter().copied().collect();
@@ -344,7 +343,11 @@ fn plan_changes(engine: &Engine, refusal: &RefusalRow) -> Vec<Piece> {
             Piece {
                 key: format!("changes/{}", row.hash),
                 kind: "change",
-                label: format!("change {} of document {}", short(&row.hash.to_string()), refusal.doc_id),
+                label: format!(
+                    "change {} of document {}",
+                    short(&row.hash.to_string()),
+                    refusal.doc_id
+                ),
                 step: stuck(
                     &path,
                     row.rule.as_deref(),
@@ -392,7 +395,8 @@ fn read_inspection(
                         else {
                             continue;
                         };
-                        if tx.get(&obj, key).ok().flatten().is_some() && tx.delete(&obj, key).is_ok()
+                        if tx.get(&obj, key).ok().flatten().is_some()
+                            && tx.delete(&obj, key).is_ok()
                         {
                             removed = true;
                             dropped
@@ -542,6 +546,18 @@ fn plan_inspection(
                 let label = format!("answer {item} = {}", answer::format_value(&a.value));
                 let step = if there.is_some_and(|t| same_answer(t, a)) {
                     Step::There
+                } else if let Some(t) = there.filter(|t| t.at > a.at) {
+                    // Answered again since (by a teammate, or here): the
+                    // older refused answer does not silently replace it.
+                    stuck(
+                        &key,
+                        None,
+                        format!(
+                            "{} answered {item} later ({}); answer it again to change it",
+                            t.by,
+                            answer::format_value(&t.value)
+                        ),
+                    )
                 } else {
                     let (item, a) = (item.clone(), a.clone());
                     Step::Write(Box::new(move |tx| model::set_answer(tx, &item, &a)))
@@ -554,7 +570,9 @@ fn plan_inspection(
                     Step::There
                 } else {
                     let (item, by) = (item.clone(), who.user_id.clone());
-                    Step::Write(Box::new(move |tx| model::clear_answer(tx, &item, &by, now_ms)))
+                    Step::Write(Box::new(move |tx| {
+                        model::clear_answer(tx, &item, &by, now_ms)
+                    }))
                 };
                 (label, step)
             }
@@ -617,10 +635,10 @@ fn finding_edits(
     label: &str,
 ) {
     let title = (mine.title != was.title && now.title != mine.title).then(|| mine.title.clone());
-    let severity = (mine.severity != was.severity && now.severity != mine.severity)
-        .then_some(mine.severity);
-    let item = (mine.item_id != was.item_id && now.item_id != mine.item_id)
-        .then(|| mine.item_id.clone());
+    let severity =
+        (mine.severity != was.severity && now.severity != mine.severity).then_some(mine.severity);
+    let item =
+        (mine.item_id != was.item_id && now.item_id != mine.item_id).then(|| mine.item_id.clone());
     let attach: Vec<String> = mine
         .photos
         .difference(&was.photos)
@@ -633,7 +651,8 @@ fn finding_edits(
         .filter(|s| now.photos.contains(*s))
         .cloned()
         .collect();
-    let deleted = (mine.deleted != was.deleted && now.deleted != mine.deleted).then_some(mine.deleted);
+    let deleted =
+        (mine.deleted != was.deleted && now.deleted != mine.deleted).then_some(mine.deleted);
     let fields_changed = mine.title != was.title
         || mine.severity != was.severity
         || mine.item_id != was.item_id

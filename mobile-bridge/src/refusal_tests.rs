@@ -151,8 +151,12 @@ fn a_member_answering_a_conflicted_item_is_told_only_the_lead_settles_it() {
     model::set_answer(&mut tx, "A1", &answer(AnswerValue::YesNo(true), LEAD, 10)).unwrap();
     tx.commit();
     let mut tx = b.transaction();
-    model::set_answer(&mut tx, "A1", &answer(AnswerValue::YesNo(false), "u-other", 11))
-        .unwrap();
+    model::set_answer(
+        &mut tx,
+        "A1",
+        &answer(AnswerValue::YesNo(false), "u-other", 11),
+    )
+    .unwrap();
     tx.commit();
     inspection.merge(&mut a).unwrap();
     inspection.merge(&mut b).unwrap();
@@ -171,7 +175,10 @@ fn a_member_answering_a_conflicted_item_is_told_only_the_lead_settles_it() {
     assert!(matches!(e, FieldError::NotAllowed(_)), "{e}");
     let text = e.to_string();
     assert!(text.contains("only the team lead settles it"), "{text}");
-    assert!(text.contains("settle") && text.contains("answers/A1"), "{text}");
+    assert!(
+        text.contains("settle") && text.contains("answers/A1"),
+        "{text}"
+    );
     // Nothing was written; other items are fine.
     assert_eq!(t.status().unwrap().pending_changes, 0);
     t.answer(&id, "A2", "yes", HashMap::new(), None).unwrap();
@@ -302,7 +309,11 @@ impl Server {
     }
 
     /// A server-side edit (the secretariat's, through the server).
-    fn edit(&mut self, id: DocumentId, f: impl FnOnce(&mut automerge::transaction::Transaction<'_>)) {
+    fn edit(
+        &mut self,
+        id: DocumentId,
+        f: impl FnOnce(&mut automerge::transaction::Transaction<'_>),
+    ) {
         let (_, fx) = self
             .hub
             .update(&id, self.now, |doc| {
@@ -339,7 +350,11 @@ fn set_template_version(server: &mut Server, version: u64) {
 
 /// One sync session between the engine and the server, until nothing
 /// moves; then the refusals are settled as a sync session does.
-fn session_with(server: &mut Server, engine: &mut Engine, who: &PeerInfo) -> (Vec<Event>, rebase::Settled) {
+fn session_with(
+    server: &mut Server,
+    engine: &mut Engine,
+    who: &PeerInfo,
+) -> (Vec<Event>, rebase::Settled) {
     let (tx, mut rx) = unbounded_channel();
     let mut events = Vec::new();
     let out = engine.attach(CONN, tx, 2_000).unwrap();
@@ -483,7 +498,8 @@ fn refused_work_is_kept_rebased_and_listed_and_later_edits_upload() {
             },
         )
         .unwrap();
-        t.answer(&id, "A2", "partial", HashMap::new(), None).unwrap();
+        t.answer(&id, "A2", "partial", HashMap::new(), None)
+            .unwrap();
         t.submit(&id, Some("Xong".into())).unwrap();
         assert_eq!(t.status().unwrap().pending_changes, 8);
         (stuck, kept, sha)
@@ -500,13 +516,15 @@ fn refused_work_is_kept_rebased_and_listed_and_later_edits_upload() {
     let (mut engine, who) = open_engine(dir.path());
     let (events, settled) = session_with(&mut server, &mut engine, &who);
     assert!(
-        events.iter().any(|e| matches!(e, Event::Refused { document_id, .. } if *document_id == INSPECTION)),
+        events
+            .iter()
+            .any(|e| matches!(e, Event::Refused { document_id, .. } if *document_id == INSPECTION)),
         "{events:?}"
     );
     assert_eq!(settled.documents, 1, "{:?}", settled.warnings);
     // The first answer was kept by the server; the rest was refused.
-    let server_now = model::read_inspection(server.doc(INSPECTION), engine.registry().unwrap())
-        .unwrap();
+    let server_now =
+        model::read_inspection(server.doc(INSPECTION), engine.registry().unwrap()).unwrap();
     assert!(server_now.answers.contains_key("A1"));
     assert!(!server_now.answers.contains_key("A2"));
 
@@ -514,12 +532,18 @@ fn refused_work_is_kept_rebased_and_listed_and_later_edits_upload() {
     let refusals = engine.store().refusals(INSPECTION).unwrap();
     assert_eq!(refusals.len(), 1);
     let kept = engine.store().refused_changes(refusals[0].id).unwrap();
-    assert_eq!(kept.len(), 7, "A4, two findings, photo, note, A2, submission");
+    assert_eq!(
+        kept.len(),
+        7,
+        "A4, two findings, photo, note, A2, submission"
+    );
     let server_has = server.doc(INSPECTION).clone();
     for c in before.get_changes(&[]) {
         assert!(
             server_has.get_change_by_hash(&c.hash()).is_some()
-                || kept.iter().any(|k| k.hash == c.hash() && k.data == c.raw_bytes()),
+                || kept
+                    .iter()
+                    .any(|k| k.hash == c.hash() && k.data == c.raw_bytes()),
             "change {} is neither on the server nor kept",
             c.hash()
         );
@@ -597,7 +621,10 @@ fn refused_work_is_kept_rebased_and_listed_and_later_edits_upload() {
         model::read_inspection(server.doc(INSPECTION), engine.registry().unwrap()).unwrap();
     assert_eq!(on_server.answers["A4"].value, AnswerValue::Number(3));
     assert_eq!(on_server.answers["A4"].note.as_deref(), Some("ghi chú"));
-    assert_eq!(on_server.findings[&stuck_finding].item_id.as_deref(), Some("A4"));
+    assert_eq!(
+        on_server.findings[&stuck_finding].item_id.as_deref(),
+        Some("A4")
+    );
 }
 
 #[test]
@@ -619,19 +646,22 @@ fn a_teammates_later_answer_is_not_overwritten_by_a_rebase() {
         let t = Tablet::open(dir.path(), config()).unwrap();
         t.answer(&id, "A4", "2", HashMap::new(), None).unwrap();
         t.answer(&id, "B8", "yes", HashMap::new(), None).unwrap();
+        t.answer(&id, "C2", "yes", HashMap::new(), None).unwrap();
     }
-    // A teammate's answer reaches the server; the template changes.
+    // A teammate answers C2 later, and D3, on the server; the template changes.
     server.edit(INSPECTION, |tx| {
-        model::set_answer(
-            tx,
-            "C2",
-            &answer(
-                AnswerValue::YesNoPartial(sync_core::template::Tri::No),
-                "u-inspector2",
-                50,
-            ),
-        )
-        .unwrap();
+        for item in ["C2", "D3"] {
+            model::set_answer(
+                tx,
+                item,
+                &answer(
+                    AnswerValue::YesNoPartial(sync_core::template::Tri::No),
+                    "u-inspector2",
+                    4_000_000_000_000,
+                ),
+            )
+            .unwrap();
+        }
     });
     set_template_version(&mut server, 2);
     let (mut engine, who) = open_engine(dir.path());
@@ -641,8 +671,18 @@ fn a_teammates_later_answer_is_not_overwritten_by_a_rebase() {
     let on_server =
         model::read_inspection(server.doc(INSPECTION), engine.registry().unwrap()).unwrap();
     assert!(on_server.answers.contains_key("B8"));
-    assert_eq!(on_server.answers["C2"].by, "u-inspector2");
     assert!(!on_server.answers.contains_key("A4"));
+    for item in ["C2", "D3"] {
+        assert_eq!(on_server.answers[item].by, "u-inspector2");
+    }
+    // The older refused C2 is listed, not written over the teammate's.
+    let work = engine.store().work(Some(INSPECTION), false).unwrap();
+    let c2 = work.iter().find(|w| w.piece == "answers/C2").unwrap();
+    assert!(
+        c2.reason.contains("u-inspector2 answered C2 later"),
+        "{c2:?}"
+    );
+    assert_eq!(work.len(), 2, "A4 and C2: {work:?}");
 }
 
 // ----- the architecture invariant ------------------------------------------------------
@@ -683,5 +723,8 @@ fn no_frame_is_decoded_and_no_message_text_parsed_outside_sync_core() {
             }
         }
     }
-    assert!(found.is_empty(), "frame decoding in mobile-bridge: {found:?}");
+    assert!(
+        found.is_empty(),
+        "frame decoding in mobile-bridge: {found:?}"
+    );
 }

@@ -532,7 +532,10 @@ impl DeviceStore {
                 refusal_id,
                 PENDING_PIECE,
                 r.doc_id.encode(),
-                format!("{} refused change(s), not written again yet", r.changes.len()),
+                format!(
+                    "{} refused change(s), not written again yet",
+                    r.changes.len()
+                ),
                 r.message,
                 now_ms
             ],

@@ -47,8 +47,7 @@ use crate::http::ServerApi;
 use crate::rebase::{self, SessionRefusal};
 use crate::store::Session;
 use crate::tablet::{
-    KEY_CATALOG_DOC, KEY_INDEX_DOC, Shared, refused_views, session_info, template_ref_of,
-    writer_of,
+    KEY_CATALOG_DOC, KEY_INDEX_DOC, Shared, refused_views, session_info, template_ref_of, writer_of,
 };
 use crate::types::{SessionInfo, SyncListener, SyncPhase, SyncProgress, SyncReport};
 use crate::upload;
@@ -586,9 +585,16 @@ struct Tracker {
     excluded: BTreeSet<DocumentId>,
     /// Documents whose changes the server refused: its message and detail.
     refused: BTreeMap<DocumentId, (String, ErrorDetail)>,
+    /// When the first refusal arrived: the server's own changes of a
+    /// refused document are waited for this long at most.
+    refused_since: Option<std::time::Instant>,
     changed: BTreeSet<DocumentId>,
     warnings: Vec<String>,
 }
+
+/// How long a session waits, after a refusal, for the server's changes of
+/// the refused document (they normally come with its heads).
+const REFUSED_GRACE: Duration = Duration::from_secs(5);
 
 impl Tracker {
     /// Whether every document is settled with the server: at the same
@@ -599,14 +605,19 @@ impl Tracker {
             return false;
         }
         let arrived = self.wanted.iter().all(|id| {
-            snap.docs.contains_key(id) || self.excluded.contains(id) || self.refused.contains_key(id)
+            snap.docs.contains_key(id)
+                || self.excluded.contains(id)
+                || self.refused.contains_key(id)
         });
+        let grace_over = self
+            .refused_since
+            .is_some_and(|t| t.elapsed() >= REFUSED_GRACE);
         arrived
             && snap.docs.iter().all(|(id, d)| {
                 self.excluded.contains(id)
                     || d.aborted
                     || d.in_sync
-                    || (d.refused && d.theirs_known)
+                    || (d.refused && (d.theirs_known || grace_over))
             })
     }
 
@@ -625,6 +636,8 @@ impl Tracker {
                     self.refused
                         .entry(document_id)
                         .or_insert_with(|| (String::new(), detail));
+                    self.refused_since
+                        .get_or_insert_with(std::time::Instant::now);
                 }
                 Event::PeerError {
                     message, detail, ..

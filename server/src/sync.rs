@@ -5,11 +5,16 @@
 //! connection's sync state). WebSocket tasks and HTTP handlers talk to it
 //! through a bounded channel of [`Command`]s. The thread takes commands in
 //! batches; every document change the batch produced is written — document
-//! bytes, projections and audit rows — in one group-commit transaction of
-//! the database writer, and only after that commit does the hub release the
-//! sync messages that reflect those changes. A panic while handling one
-//! command is contained: the connection it came from is closed, the others
-//! go on.
+//! bytes, projections, audit rows and the actors of peers' changes — in one
+//! group-commit transaction of the database writer, each document in a
+//! savepoint of its own (a document that cannot be written is rolled back
+//! alone), and only after that commit does the hub release the sync
+//! messages that reflect those changes. A panic while handling one command
+//! is contained: the connection it came from is closed, the others go on.
+//!
+//! Documents are created here only by the server ([`SyncService::create`]);
+//! a document that cannot be loaded is reported to the peers that asked as
+//! "retry later", never as absent.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -878,7 +883,10 @@ impl Worker {
                     for ticket in doc_tickets {
                         // The peers hear that the server could not store
                         // it, not the database's own words.
-                        fx.merge(self.hub.store_failed(ticket, "a storage error on the server"));
+                        fx.merge(
+                            self.hub
+                                .store_failed(ticket, "a storage error on the server"),
+                        );
                     }
                     failed.insert(id, reason);
                 }
@@ -1176,7 +1184,11 @@ mod tests {
         let n = fresh.load_actors().unwrap();
         assert_eq!(n, 2, "the tablet's actor and the server's own");
         assert_eq!(
-            fresh.hub.access().actor_owner(&tablet).map(|o| o.device_id.as_str()),
+            fresh
+                .hub
+                .access()
+                .actor_owner(&tablet)
+                .map(|o| o.device_id.as_str()),
             Some("tab-1")
         );
     }

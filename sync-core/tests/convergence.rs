@@ -136,7 +136,7 @@ fn apply(net: &mut Net, r: usize, op: &Op, at: i64) {
     match op {
         Op::Answer(item, v) => {
             let (item, value) = answer_value(*item, *v);
-            if r == usize::MAX && answer_values(doc, item) > 1 {
+            if r != LEAD && answer_values(doc, item) > 1 {
                 // A conflict: the team lead settles it.
                 return;
             }

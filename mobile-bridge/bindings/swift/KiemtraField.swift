@@ -632,6 +632,17 @@ public protocol FieldClientProtocol: AnyObject, Sendable {
     
     func logout() throws  -> SessionInfo
     
+    /**
+     * Tries again to write an inspection's refused work on top of the
+     * server's state (then sync to upload it).
+     */
+    func rebase(inspection: String) throws  -> RebaseReport
+    
+    /**
+     * Work the server refused, kept on this device, with the reasons.
+     */
+    func refused() throws  -> [RefusedView]
+    
     func review(inspection: String) throws  -> ReviewView
     
     func session() throws  -> SessionInfo
@@ -829,6 +840,32 @@ open func logout()throws  -> SessionInfo  {
     return try  FfiConverterTypeSessionInfo_lift(try rustCallWithError(FfiConverterTypeFieldError_lift) {
         uniffiCallStatus in
     uniffi_mobile_bridge_fn_method_fieldclient_logout(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * Tries again to write an inspection's refused work on top of the
+     * server's state (then sync to upload it).
+     */
+open func rebase(inspection: String)throws  -> RebaseReport  {
+    return try  FfiConverterTypeRebaseReport_lift(try rustCallWithError(FfiConverterTypeFieldError_lift) {
+        uniffiCallStatus in
+    uniffi_mobile_bridge_fn_method_fieldclient_rebase(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(inspection),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * Work the server refused, kept on this device, with the reasons.
+     */
+open func refused()throws  -> [RefusedView]  {
+    return try  FfiConverterSequenceTypeRefusedView.lift(try rustCallWithError(FfiConverterTypeFieldError_lift) {
+        uniffiCallStatus in
+    uniffi_mobile_bridge_fn_method_fieldclient_refused(
             self.uniffiCloneHandle(),uniffiCallStatus
     )
 })
@@ -2865,6 +2902,227 @@ public func FfiConverterTypePhotoView_lower(_ value: PhotoView) -> RustBuffer {
 
 
 /**
+ * What `rebase` did for one document.
+ */
+public struct RebaseReport: Equatable, Hashable {
+    public var documentId: String
+    /**
+     * Pieces of work written again (sync to upload them), or found
+     * already on the server.
+     */
+    public var reapplied: [String]
+    /**
+     * What stays refused, with the reasons.
+     */
+    public var refused: [RefusedView]
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(documentId: String, 
+        /**
+         * Pieces of work written again (sync to upload them), or found
+         * already on the server.
+         */reapplied: [String], 
+        /**
+         * What stays refused, with the reasons.
+         */refused: [RefusedView]) {
+        self.documentId = documentId
+        self.reapplied = reapplied
+        self.refused = refused
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension RebaseReport: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeRebaseReport: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> RebaseReport {
+        return
+            try RebaseReport(
+                documentId: FfiConverterString.read(from: &buf), 
+                reapplied: FfiConverterSequenceString.read(from: &buf), 
+                refused: FfiConverterSequenceTypeRefusedView.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: RebaseReport, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.documentId, into: &buf)
+        FfiConverterSequenceString.write(value.reapplied, into: &buf)
+        FfiConverterSequenceTypeRefusedView.write(value.refused, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeRebaseReport_lift(_ buf: RustBuffer) throws -> RebaseReport {
+    return try FfiConverterTypeRebaseReport.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeRebaseReport_lower(_ value: RebaseReport) -> RustBuffer {
+    return FfiConverterTypeRebaseReport.lower(value)
+}
+
+
+/**
+ * A piece of work the server refused and that is not on the server: kept
+ * on this device with the reason.
+ */
+public struct RefusedView: Equatable, Hashable {
+    /**
+     * The document (inspection) it belongs to.
+     */
+    public var documentId: String
+    /**
+     * Which refusal (several may concern one document).
+     */
+    public var refusalId: Int64
+    /**
+     * Where the work lives: `answers/A4`, `findings/<id>`,
+     * `findings/<id>/note`, `photos/<sha256>`, `submissions/<id>`,
+     * `changes/<hash>` (a change of another kind of document), or `*`
+     * (not worked out yet).
+     */
+    public var piece: String
+    /**
+     * `answer`, `finding`, `photo`, `submission`, `change` or `pending`.
+     */
+    public var kind: String
+    /**
+     * What it is, for people (`answer A4 = yes`, `finding "…"`).
+     */
+    public var label: String
+    /**
+     * `open`: a person has to act (the reason says why; `rebase` tries
+     * again); `pending`: tried again automatically after each sync.
+     */
+    public var state: String
+    /**
+     * The rule that refuses it (`invalid`, `settle`, `member`, …), if known.
+     */
+    public var rule: String?
+    /**
+     * The path the rule names.
+     */
+    public var path: String?
+    public var reason: String
+    public var refusedAtMs: Int64
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * The document (inspection) it belongs to.
+         */documentId: String, 
+        /**
+         * Which refusal (several may concern one document).
+         */refusalId: Int64, 
+        /**
+         * Where the work lives: `answers/A4`, `findings/<id>`,
+         * `findings/<id>/note`, `photos/<sha256>`, `submissions/<id>`,
+         * `changes/<hash>` (a change of another kind of document), or `*`
+         * (not worked out yet).
+         */piece: String, 
+        /**
+         * `answer`, `finding`, `photo`, `submission`, `change` or `pending`.
+         */kind: String, 
+        /**
+         * What it is, for people (`answer A4 = yes`, `finding "…"`).
+         */label: String, 
+        /**
+         * `open`: a person has to act (the reason says why; `rebase` tries
+         * again); `pending`: tried again automatically after each sync.
+         */state: String, 
+        /**
+         * The rule that refuses it (`invalid`, `settle`, `member`, …), if known.
+         */rule: String?, 
+        /**
+         * The path the rule names.
+         */path: String?, reason: String, refusedAtMs: Int64) {
+        self.documentId = documentId
+        self.refusalId = refusalId
+        self.piece = piece
+        self.kind = kind
+        self.label = label
+        self.state = state
+        self.rule = rule
+        self.path = path
+        self.reason = reason
+        self.refusedAtMs = refusedAtMs
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension RefusedView: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeRefusedView: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> RefusedView {
+        return
+            try RefusedView(
+                documentId: FfiConverterString.read(from: &buf), 
+                refusalId: FfiConverterInt64.read(from: &buf), 
+                piece: FfiConverterString.read(from: &buf), 
+                kind: FfiConverterString.read(from: &buf), 
+                label: FfiConverterString.read(from: &buf), 
+                state: FfiConverterString.read(from: &buf), 
+                rule: FfiConverterOptionString.read(from: &buf), 
+                path: FfiConverterOptionString.read(from: &buf), 
+                reason: FfiConverterString.read(from: &buf), 
+                refusedAtMs: FfiConverterInt64.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: RefusedView, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.documentId, into: &buf)
+        FfiConverterInt64.write(value.refusalId, into: &buf)
+        FfiConverterString.write(value.piece, into: &buf)
+        FfiConverterString.write(value.kind, into: &buf)
+        FfiConverterString.write(value.label, into: &buf)
+        FfiConverterString.write(value.state, into: &buf)
+        FfiConverterOptionString.write(value.rule, into: &buf)
+        FfiConverterOptionString.write(value.path, into: &buf)
+        FfiConverterString.write(value.reason, into: &buf)
+        FfiConverterInt64.write(value.refusedAtMs, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeRefusedView_lift(_ buf: RustBuffer) throws -> RefusedView {
+    return try FfiConverterTypeRefusedView.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeRefusedView_lower(_ value: RefusedView) -> RustBuffer {
+    return FfiConverterTypeRefusedView.lower(value)
+}
+
+
+/**
  * Review decisions and comments of one inspection.
  */
 public struct ReviewView: Equatable, Hashable {
@@ -3169,10 +3427,21 @@ public struct SyncReport: Equatable, Hashable {
     public var photosUploaded: UInt32
     public var bytesUploaded: UInt64
     /**
-     * Problems that did not stop the sync (a refused change, a photo that
-     * will be retried).
+     * Problems that did not stop the sync (a document the server would not
+     * serve, a photo that will be retried).
      */
     public var warnings: [String]
+    /**
+     * Pieces of refused work written again on top of the server's state
+     * (and uploaded) during this sync.
+     */
+    public var rebased: UInt32
+    /**
+     * Work the server refused that is still not on the server: kept on
+     * this device, each with the reason (see `refused`). Empty when every
+     * piece of work is on the server.
+     */
+    public var refused: [RefusedView]
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -3184,15 +3453,26 @@ public struct SyncReport: Equatable, Hashable {
          * Documents that received changes from the server.
          */documentsChanged: UInt32, photosUploaded: UInt32, bytesUploaded: UInt64, 
         /**
-         * Problems that did not stop the sync (a refused change, a photo that
-         * will be retried).
-         */warnings: [String]) {
+         * Problems that did not stop the sync (a document the server would not
+         * serve, a photo that will be retried).
+         */warnings: [String], 
+        /**
+         * Pieces of refused work written again on top of the server's state
+         * (and uploaded) during this sync.
+         */rebased: UInt32, 
+        /**
+         * Work the server refused that is still not on the server: kept on
+         * this device, each with the reason (see `refused`). Empty when every
+         * piece of work is on the server.
+         */refused: [RefusedView]) {
         self.attempts = attempts
         self.documents = documents
         self.documentsChanged = documentsChanged
         self.photosUploaded = photosUploaded
         self.bytesUploaded = bytesUploaded
         self.warnings = warnings
+        self.rebased = rebased
+        self.refused = refused
     }
 
     
@@ -3216,7 +3496,9 @@ public struct FfiConverterTypeSyncReport: FfiConverterRustBuffer {
                 documentsChanged: FfiConverterUInt32.read(from: &buf), 
                 photosUploaded: FfiConverterUInt32.read(from: &buf), 
                 bytesUploaded: FfiConverterUInt64.read(from: &buf), 
-                warnings: FfiConverterSequenceString.read(from: &buf)
+                warnings: FfiConverterSequenceString.read(from: &buf), 
+                rebased: FfiConverterUInt32.read(from: &buf), 
+                refused: FfiConverterSequenceTypeRefusedView.read(from: &buf)
         )
     }
 
@@ -3227,6 +3509,8 @@ public struct FfiConverterTypeSyncReport: FfiConverterRustBuffer {
         FfiConverterUInt32.write(value.photosUploaded, into: &buf)
         FfiConverterUInt64.write(value.bytesUploaded, into: &buf)
         FfiConverterSequenceString.write(value.warnings, into: &buf)
+        FfiConverterUInt32.write(value.rebased, into: &buf)
+        FfiConverterSequenceTypeRefusedView.write(value.refused, into: &buf)
     }
 }
 
@@ -4291,6 +4575,31 @@ fileprivate struct FfiConverterSequenceTypePhotoView: FfiConverterRustBuffer {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterSequenceTypeRefusedView: FfiConverterRustBuffer {
+    typealias SwiftType = [RefusedView]
+
+    public static func write(_ value: [RefusedView], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeRefusedView.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [RefusedView] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [RefusedView]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeRefusedView.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterSequenceTypeSubmissionView: FfiConverterRustBuffer {
     typealias SwiftType = [SubmissionView]
 
@@ -4423,6 +4732,12 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_mobile_bridge_checksum_method_fieldclient_logout() != 29328) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_mobile_bridge_checksum_method_fieldclient_rebase() != 5315) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_mobile_bridge_checksum_method_fieldclient_refused() != 57756) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_mobile_bridge_checksum_method_fieldclient_review() != 32622) {

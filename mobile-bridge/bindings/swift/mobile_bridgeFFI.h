@@ -337,6 +337,16 @@ RustBuffer uniffi_mobile_bridge_fn_method_fieldclient_login(uint64_t ptr, RustBu
 RustBuffer uniffi_mobile_bridge_fn_method_fieldclient_logout(uint64_t ptr, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_MOBILE_BRIDGE_FN_METHOD_FIELDCLIENT_REBASE
+#define UNIFFI_FFIDEF_UNIFFI_MOBILE_BRIDGE_FN_METHOD_FIELDCLIENT_REBASE
+RustBuffer uniffi_mobile_bridge_fn_method_fieldclient_rebase(uint64_t ptr, RustBuffer inspection, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_MOBILE_BRIDGE_FN_METHOD_FIELDCLIENT_REFUSED
+#define UNIFFI_FFIDEF_UNIFFI_MOBILE_BRIDGE_FN_METHOD_FIELDCLIENT_REFUSED
+RustBuffer uniffi_mobile_bridge_fn_method_fieldclient_refused(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_MOBILE_BRIDGE_FN_METHOD_FIELDCLIENT_REVIEW
 #define UNIFFI_FFIDEF_UNIFFI_MOBILE_BRIDGE_FN_METHOD_FIELDCLIENT_REVIEW
 RustBuffer uniffi_mobile_bridge_fn_method_fieldclient_review(uint64_t ptr, RustBuffer inspection, RustCallStatus *_Nonnull out_status
@@ -737,6 +747,18 @@ uint16_t uniffi_mobile_bridge_checksum_method_fieldclient_login(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_MOBILE_BRIDGE_CHECKSUM_METHOD_FIELDCLIENT_LOGOUT
 #define UNIFFI_FFIDEF_UNIFFI_MOBILE_BRIDGE_CHECKSUM_METHOD_FIELDCLIENT_LOGOUT
 uint16_t uniffi_mobile_bridge_checksum_method_fieldclient_logout(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_MOBILE_BRIDGE_CHECKSUM_METHOD_FIELDCLIENT_REBASE
+#define UNIFFI_FFIDEF_UNIFFI_MOBILE_BRIDGE_CHECKSUM_METHOD_FIELDCLIENT_REBASE
+uint16_t uniffi_mobile_bridge_checksum_method_fieldclient_rebase(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_MOBILE_BRIDGE_CHECKSUM_METHOD_FIELDCLIENT_REFUSED
+#define UNIFFI_FFIDEF_UNIFFI_MOBILE_BRIDGE_CHECKSUM_METHOD_FIELDCLIENT_REFUSED
+uint16_t uniffi_mobile_bridge_checksum_method_fieldclient_refused(void
     
 );
 #endif

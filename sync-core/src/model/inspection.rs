@@ -757,7 +757,8 @@ pub fn restore_finding(tx: &mut impl Transactable, finding_id: &str) -> Result<(
 /// recorded never replaces the existing entry (that would drop whatever was
 /// written into it concurrently): if the entry is live this is a no-op, if
 /// it is tombstoned it is restored; either way the first metadata stays and
-/// `Ok` is returned.
+/// `Ok` is returned. (A key holding something other than a map, which
+/// validation refuses, fails with `AlreadyExists`.)
 pub fn add_photo(tx: &mut impl Transactable, photo: &PhotoRef) -> Result<(), ModelError> {
     check_sha256("photo", &photo.sha256)?;
     check_id("user id", &photo.by)?;

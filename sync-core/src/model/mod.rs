@@ -12,6 +12,14 @@
 //! - Readers (`read_*`) return typed values; where a key holds concurrent values
 //!   they show automerge's deterministic winner (what `get` returns). The
 //!   concurrent values themselves are listed by [`conflicts()`].
+//! - Statuses follow the document's history, never a writer-chosen time: a
+//!   review decision decides the submissions its change had seen, a
+//!   verification covers the responses its change had seen ([`causal`]). The
+//!   readers that derive them ([`read_inspection`], [`read_action`]) therefore
+//!   take a [`CausalDoc`] (`Automerge`, `AutoCommit` or a transaction).
+//! - Nothing is deleted from a map: entries are tombstoned (`deleted`,
+//!   `cleared`, `false` in a set, a removed member), so a concurrent edit is
+//!   never lost. Only the server-owned catalog and index delete keys.
 //! - [`validate()`] checks a whole document, every concurrent value included.
 //!   It is the gate the server applies before accepting changes.
 //!

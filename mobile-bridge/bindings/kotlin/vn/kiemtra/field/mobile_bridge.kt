@@ -727,6 +727,10 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_mobile_bridge_checksum_method_fieldclient_logout(
     ): Int
+    external fun uniffi_mobile_bridge_checksum_method_fieldclient_rebase(
+    ): Int
+    external fun uniffi_mobile_bridge_checksum_method_fieldclient_refused(
+    ): Int
     external fun uniffi_mobile_bridge_checksum_method_fieldclient_review(
     ): Int
     external fun uniffi_mobile_bridge_checksum_method_fieldclient_session(
@@ -797,6 +801,10 @@ internal object UniffiLib {
     external fun uniffi_mobile_bridge_fn_method_fieldclient_login(`ptr`: Long,`serverUrl`: RustBuffer.ByValue,`username`: RustBuffer.ByValue,`password`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
     external fun uniffi_mobile_bridge_fn_method_fieldclient_logout(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
+    external fun uniffi_mobile_bridge_fn_method_fieldclient_rebase(`ptr`: Long,`inspection`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
+    external fun uniffi_mobile_bridge_fn_method_fieldclient_refused(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
     external fun uniffi_mobile_bridge_fn_method_fieldclient_review(`ptr`: Long,`inspection`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
@@ -979,6 +987,12 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_mobile_bridge_checksum_method_fieldclient_logout() and 0xFFFF) != 29328) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_mobile_bridge_checksum_method_fieldclient_rebase() and 0xFFFF) != 5315) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_mobile_bridge_checksum_method_fieldclient_refused() and 0xFFFF) != 57756) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_mobile_bridge_checksum_method_fieldclient_review() and 0xFFFF) != 32622) {
@@ -1501,6 +1515,17 @@ public interface FieldClientInterface {
     
     fun `logout`(): SessionInfo
     
+    /**
+     * Tries again to write an inspection's refused work on top of the
+     * server's state (then sync to upload it).
+     */
+    fun `rebase`(`inspection`: kotlin.String): RebaseReport
+    
+    /**
+     * Work the server refused, kept on this device, with the reasons.
+     */
+    fun `refused`(): List<RefusedView>
+    
     fun `review`(`inspection`: kotlin.String): ReviewView
     
     fun `session`(): SessionInfo
@@ -1786,6 +1811,42 @@ open class FieldClient: Disposable, AutoCloseable, FieldClientInterface
     callWithHandle {
     uniffiRustCallWithError(FieldException) { _status ->
     UniffiLib.uniffi_mobile_bridge_fn_method_fieldclient_logout(
+        it,
+        _status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * Tries again to write an inspection's refused work on top of the
+     * server's state (then sync to upload it).
+     */
+    @Throws(FieldException::class)override fun `rebase`(`inspection`: kotlin.String): RebaseReport {
+            return FfiConverterTypeRebaseReport.lift(
+    callWithHandle {
+    uniffiRustCallWithError(FieldException) { _status ->
+    UniffiLib.uniffi_mobile_bridge_fn_method_fieldclient_rebase(
+        it,
+        
+        FfiConverterString.lower(`inspection`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * Work the server refused, kept on this device, with the reasons.
+     */
+    @Throws(FieldException::class)override fun `refused`(): List<RefusedView> {
+            return FfiConverterSequenceTypeRefusedView.lift(
+    callWithHandle {
+    uniffiRustCallWithError(FieldException) { _status ->
+    UniffiLib.uniffi_mobile_bridge_fn_method_fieldclient_refused(
         it,
         _status)
 }
@@ -3686,6 +3747,169 @@ public object FfiConverterTypePhotoView: FfiConverterRustBuffer<PhotoView> {
 
 
 /**
+ * What `rebase` did for one document.
+ */
+data class RebaseReport (
+    var `documentId`: kotlin.String
+    , 
+    /**
+     * Pieces of work written again (sync to upload them), or found
+     * already on the server.
+     */
+    var `reapplied`: List<kotlin.String>
+    , 
+    /**
+     * What stays refused, with the reasons.
+     */
+    var `refused`: List<RefusedView>
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeRebaseReport: FfiConverterRustBuffer<RebaseReport> {
+    override fun read(buf: ByteBuffer): RebaseReport {
+        return RebaseReport(
+            FfiConverterString.read(buf),
+            FfiConverterSequenceString.read(buf),
+            FfiConverterSequenceTypeRefusedView.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: RebaseReport) = (
+            FfiConverterString.allocationSize(value.`documentId`) +
+            FfiConverterSequenceString.allocationSize(value.`reapplied`) +
+            FfiConverterSequenceTypeRefusedView.allocationSize(value.`refused`)
+    )
+
+    override fun write(value: RebaseReport, buf: ByteBuffer) {
+            FfiConverterString.write(value.`documentId`, buf)
+            FfiConverterSequenceString.write(value.`reapplied`, buf)
+            FfiConverterSequenceTypeRefusedView.write(value.`refused`, buf)
+    }
+}
+
+
+
+/**
+ * A piece of work the server refused and that is not on the server: kept
+ * on this device with the reason.
+ */
+data class RefusedView (
+    /**
+     * The document (inspection) it belongs to.
+     */
+    var `documentId`: kotlin.String
+    , 
+    /**
+     * Which refusal (several may concern one document).
+     */
+    var `refusalId`: kotlin.Long
+    , 
+    /**
+     * Where the work lives: `answers/A4`, `findings/<id>`,
+     * `findings/<id>/note`, `photos/<sha256>`, `submissions/<id>`,
+     * `changes/<hash>` (a change of another kind of document), or `*`
+     * (not worked out yet).
+     */
+    var `piece`: kotlin.String
+    , 
+    /**
+     * `answer`, `finding`, `photo`, `submission`, `change` or `pending`.
+     */
+    var `kind`: kotlin.String
+    , 
+    /**
+     * What it is, for people (`answer A4 = yes`, `finding "…"`).
+     */
+    var `label`: kotlin.String
+    , 
+    /**
+     * `open`: a person has to act (the reason says why; `rebase` tries
+     * again); `pending`: tried again automatically after each sync.
+     */
+    var `state`: kotlin.String
+    , 
+    /**
+     * The rule that refuses it (`invalid`, `settle`, `member`, …), if known.
+     */
+    var `rule`: kotlin.String?
+    , 
+    /**
+     * The path the rule names.
+     */
+    var `path`: kotlin.String?
+    , 
+    var `reason`: kotlin.String
+    , 
+    var `refusedAtMs`: kotlin.Long
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeRefusedView: FfiConverterRustBuffer<RefusedView> {
+    override fun read(buf: ByteBuffer): RefusedView {
+        return RefusedView(
+            FfiConverterString.read(buf),
+            FfiConverterLong.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterOptionalString.read(buf),
+            FfiConverterOptionalString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterLong.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: RefusedView) = (
+            FfiConverterString.allocationSize(value.`documentId`) +
+            FfiConverterLong.allocationSize(value.`refusalId`) +
+            FfiConverterString.allocationSize(value.`piece`) +
+            FfiConverterString.allocationSize(value.`kind`) +
+            FfiConverterString.allocationSize(value.`label`) +
+            FfiConverterString.allocationSize(value.`state`) +
+            FfiConverterOptionalString.allocationSize(value.`rule`) +
+            FfiConverterOptionalString.allocationSize(value.`path`) +
+            FfiConverterString.allocationSize(value.`reason`) +
+            FfiConverterLong.allocationSize(value.`refusedAtMs`)
+    )
+
+    override fun write(value: RefusedView, buf: ByteBuffer) {
+            FfiConverterString.write(value.`documentId`, buf)
+            FfiConverterLong.write(value.`refusalId`, buf)
+            FfiConverterString.write(value.`piece`, buf)
+            FfiConverterString.write(value.`kind`, buf)
+            FfiConverterString.write(value.`label`, buf)
+            FfiConverterString.write(value.`state`, buf)
+            FfiConverterOptionalString.write(value.`rule`, buf)
+            FfiConverterOptionalString.write(value.`path`, buf)
+            FfiConverterString.write(value.`reason`, buf)
+            FfiConverterLong.write(value.`refusedAtMs`, buf)
+    }
+}
+
+
+
+/**
  * Review decisions and comments of one inspection.
  */
 data class ReviewView (
@@ -3938,10 +4162,23 @@ data class SyncReport (
     var `bytesUploaded`: kotlin.ULong
     , 
     /**
-     * Problems that did not stop the sync (a refused change, a photo that
-     * will be retried).
+     * Problems that did not stop the sync (a document the server would not
+     * serve, a photo that will be retried).
      */
     var `warnings`: List<kotlin.String>
+    , 
+    /**
+     * Pieces of refused work written again on top of the server's state
+     * (and uploaded) during this sync.
+     */
+    var `rebased`: kotlin.UInt
+    , 
+    /**
+     * Work the server refused that is still not on the server: kept on
+     * this device, each with the reason (see `refused`). Empty when every
+     * piece of work is on the server.
+     */
+    var `refused`: List<RefusedView>
     
 ){
     
@@ -3964,6 +4201,8 @@ public object FfiConverterTypeSyncReport: FfiConverterRustBuffer<SyncReport> {
             FfiConverterUInt.read(buf),
             FfiConverterULong.read(buf),
             FfiConverterSequenceString.read(buf),
+            FfiConverterUInt.read(buf),
+            FfiConverterSequenceTypeRefusedView.read(buf),
         )
     }
 
@@ -3973,7 +4212,9 @@ public object FfiConverterTypeSyncReport: FfiConverterRustBuffer<SyncReport> {
             FfiConverterUInt.allocationSize(value.`documentsChanged`) +
             FfiConverterUInt.allocationSize(value.`photosUploaded`) +
             FfiConverterULong.allocationSize(value.`bytesUploaded`) +
-            FfiConverterSequenceString.allocationSize(value.`warnings`)
+            FfiConverterSequenceString.allocationSize(value.`warnings`) +
+            FfiConverterUInt.allocationSize(value.`rebased`) +
+            FfiConverterSequenceTypeRefusedView.allocationSize(value.`refused`)
     )
 
     override fun write(value: SyncReport, buf: ByteBuffer) {
@@ -3983,6 +4224,8 @@ public object FfiConverterTypeSyncReport: FfiConverterRustBuffer<SyncReport> {
             FfiConverterUInt.write(value.`photosUploaded`, buf)
             FfiConverterULong.write(value.`bytesUploaded`, buf)
             FfiConverterSequenceString.write(value.`warnings`, buf)
+            FfiConverterUInt.write(value.`rebased`, buf)
+            FfiConverterSequenceTypeRefusedView.write(value.`refused`, buf)
     }
 }
 
@@ -4930,6 +5173,34 @@ public object FfiConverterSequenceTypePhotoView: FfiConverterRustBuffer<List<Pho
         buf.putInt(value.size)
         value.iterator().forEach {
             FfiConverterTypePhotoView.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterSequenceTypeRefusedView: FfiConverterRustBuffer<List<RefusedView>> {
+    override fun read(buf: ByteBuffer): List<RefusedView> {
+        val len = buf.getInt()
+        return List<RefusedView>(len) {
+            FfiConverterTypeRefusedView.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<RefusedView>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeRefusedView.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<RefusedView>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeRefusedView.write(it, buf)
         }
     }
 }
