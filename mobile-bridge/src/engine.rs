@@ -26,7 +26,7 @@ use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 
 use automerge::transaction::{CommitOptions, Transaction};
-use automerge::{ActorId, Automerge, Change, ChangeHash, ReadDoc};
+use automerge::{ActorId, Automerge, ChangeHash, ReadDoc};
 use sync_core::DocumentId;
 use sync_core::access::{DocumentRules, PeerInfo};
 use sync_core::model::{self, ModelError};
@@ -296,23 +296,6 @@ impl Engine {
         };
         self.apply(fx, now_ms)?;
         Ok(r)
-    }
-
-    /// Checks changes made elsewhere on this device (a rebase) as the server
-    /// would; returns every violation (none: the server would take them).
-    pub fn check(
-        &mut self,
-        id: DocumentId,
-        who: &PeerInfo,
-        changes: Vec<Change>,
-    ) -> Result<Vec<Violation>> {
-        self.refresh_rules()?;
-        let (Some(doc), Some((_, _, rules))) = (self.hub.document(&id), &self.rules) else {
-            return Err(FieldError::NotFound(format!(
-                "document {id} is not on this device; sync first"
-            )));
-        };
-        Ok(intake(rules, who, &id, doc, changes).violations)
     }
 
     // ----- refused changes ---------------------------------------------------------

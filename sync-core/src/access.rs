@@ -105,7 +105,13 @@ fn is_member(doc: &Automerge, user_id: &str) -> bool {
     else {
         return false;
     };
-    doc.get(&members, user_id).ok().flatten().is_some()
+    // A removed member's key stays (entries are never deleted) with the
+    // value "removed": only "lead" and "member" count.
+    doc.get(&members, user_id)
+        .ok()
+        .flatten()
+        .and_then(|(v, id)| model::string_at(doc, &v, &id))
+        .is_some_and(|role| role == "lead" || role == "member")
 }
 
 impl DocumentRules {

@@ -323,9 +323,10 @@ pub mod kind {
 /// The first byte chooses the set-up: bit 0 the access rules ([`AllowAll`],
 /// or `DocumentRules::default()` with a peer whose role is bits 1–3 modulo
 /// 6), bit 4 whether loads wait for an [`op::LOAD`] (else they are answered
-/// at once, from [`hub_storage`] and what was committed since). Every further byte is an operation: bits 0–2 the code (see
-/// [`op`]), bit 3 the connection (1 or 2), bits 4–7 an argument `n`. At the
-/// end every pending load and store is settled.
+/// at once, from [`hub_storage`] and what was committed since). Every
+/// further byte is an operation: bits 0–2 the code (see [`op`]), bit 3 the
+/// connection (1 or 2), bits 4–7 an argument `n`. At the end every pending
+/// load and store is settled.
 ///
 /// Checked throughout: nothing panics; every frame the hub sends decodes;
 /// frames go only to connections that exist; and no `sync` message leaves

@@ -103,6 +103,26 @@ fn hub_seed_reaches_the_sync_exchange() {
     assert!(run.stores_committed >= 1, "{run:?}");
 }
 
+/// The documents the hub target's storage starts with are what it says.
+#[test]
+fn hub_storage_holds_a_map_an_inspection_and_a_catalog() {
+    let kinds: Vec<_> = fuzzing::hub_storage()
+        .iter()
+        .map(|(id, changes)| {
+            let doc = fuzzing::hub_load(changes).expect("loads");
+            (*id, model::kind_of(&doc).ok())
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (HUB_DOCS[0], None),
+            (HUB_DOCS[1], Some(model::DocKind::Inspection)),
+            (HUB_DOCS[2], Some(model::DocKind::Catalog)),
+        ]
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Recording hub seeds
 // ---------------------------------------------------------------------------

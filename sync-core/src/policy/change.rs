@@ -461,7 +461,7 @@ pub fn check_change(
         }
         // Inside an entry.
         let entry = loc.objs.get(depth).cloned().flatten().map(Some);
-        let created_here = entry.as_ref().is_some_and(|e| mine(e));
+        let created_here = entry.as_ref().is_some_and(&mine);
         let in_entry = loc.keys.len() - depth - 1;
         let field = if in_entry == 0 {
             map_key.clone().unwrap_or_default()

@@ -250,7 +250,10 @@ impl<A: Access> Hub<A> {
         if !linked && is_request {
             link.requested = false;
         }
-        let their_heads_before = link.sync.their_heads.clone();
+        let their_heads_before = match self.config.mode {
+            Mode::Server => link.announced.clone(),
+            Mode::Client => link.sync.their_heads.clone(),
+        };
         let mut state = link.sync.clone();
         let mut batch = std::mem::take(&mut link.waiting);
         batch.extend(incoming);
@@ -368,6 +371,33 @@ impl<A: Access> Hub<A> {
         };
         link.waiting = waiting;
         link.sync = state;
+        if self.config.mode == Mode::Server {
+            link.announced = link.sync.their_heads.clone();
+            // Waiting changes are outside automerge, which therefore does
+            // not ask for their missing dependencies (it would for changes
+            // in its own queue). Point it at them: without this, a change
+            // hidden by a false positive of our bloom filter would never be
+            // sent, and its dependents would wait for ever.
+            if !link.waiting.is_empty()
+                && let Some(entry) = self.docs.get(&id)
+            {
+                let held: std::collections::HashSet<ChangeHash> =
+                    link.waiting.iter().map(Change::hash).collect();
+                let deps: Vec<ChangeHash> = link
+                    .waiting
+                    .iter()
+                    .flat_map(|c| c.deps().iter().copied())
+                    .filter(|d| !held.contains(d))
+                    .collect();
+                let missing = automerge::ReadDoc::get_missing_deps(&entry.doc, &deps);
+                if let Some(heads) = link.sync.their_heads.as_mut() {
+                    heads.retain(|h| !held.contains(h));
+                    heads.extend(missing);
+                    heads.sort();
+                    heads.dedup();
+                }
+            }
+        }
         if let Some(refusal) = refusal {
             link.refused = true;
             link.owed = true;
@@ -461,6 +491,17 @@ impl<A: Access> Hub<A> {
         }
         let our_peer = self.config.peer_id.clone();
         let mode = self.config.mode;
+        // The read rule holds for as long as the exchange lives: a peer
+        // that lost access (an inspection left `accepted`, a member was
+        // removed) is told the document is unavailable and sent nothing more.
+        if mode == Mode::Server
+            && let Some(c) = self.conns.get(&conn)
+            && c.links.contains_key(&id)
+            && !self.access.may_read(&c.who, &id, &entry.doc)
+        {
+            self.unavailable(conn, id, fx);
+            return;
+        }
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };

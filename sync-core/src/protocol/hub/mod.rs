@@ -474,6 +474,10 @@ struct Link {
     /// Server: changes whose dependencies have not arrived (never applied,
     /// stored or relayed; judged as this peer's when they can be).
     waiting: Vec<Change>,
+    /// Server: the heads the peer itself last announced. While changes
+    /// wait, `sync.their_heads` is rewritten to point automerge at their
+    /// missing dependencies; progress is measured on what the peer said.
+    announced: Option<Vec<ChangeHash>>,
 }
 
 impl Link {
@@ -488,6 +492,7 @@ impl Link {
             owed: false,
             notice: None,
             waiting: Vec::new(),
+            announced: None,
         }
     }
 
