@@ -54,7 +54,7 @@ pub fn project(id: DocumentId, doc: &Automerge, templates: &TemplateRegistry) ->
                 status: i.status().as_str().to_owned(),
                 answers: count(i.answers.len()),
                 findings: count(i.live_findings().count()),
-                photos: count(i.photos.len()),
+                photos: count(i.live_photos().count()),
                 conflicts: count(model::conflicts(doc).len()),
                 photo_refs: {
                     let mut refs: std::collections::BTreeSet<String> =

@@ -212,10 +212,7 @@ impl Access for DocumentRules {
         {
             return refuse(
                 Rule::Member,
-                format!(
-                    "{} is not a member of this inspection's team",
-                    who.user_id
-                ),
+                format!("{} is not a member of this inspection's team", who.user_id),
             );
         }
         let lead = who.role == Role::Inspector && policy::is_lead(doc, &who.user_id);

@@ -76,13 +76,12 @@ pub fn codec(data: &[u8]) {
         if limits == TIGHT_LIMITS {
             match (&msg, decode(data, &Limits::default())) {
                 // The texts of an `error` are cut to the limit, not refused.
-                (
-                    Message::Error { message: cut, .. },
-                    Ok(Message::Error { message: full, .. }),
-                ) => assert!(
-                    full.starts_with(cut.as_str()),
-                    "an error text cut by tight limits is not a prefix of the full one"
-                ),
+                (Message::Error { message: cut, .. }, Ok(Message::Error { message: full, .. })) => {
+                    assert!(
+                        full.starts_with(cut.as_str()),
+                        "an error text cut by tight limits is not a prefix of the full one"
+                    )
+                }
                 (_, full) => assert_eq!(
                     full,
                     Ok(msg),

@@ -136,9 +136,15 @@ fn honest_team_edits_pass_each_on_its_own() {
     let mut doc = inspection();
     let mut an = fork(&mut doc, "tablet-an");
     let checks: Vec<(Automerge, Change)> = vec![
-        edit(&mut an, |d| model::set_answer(d, "A1", &answer("u-an")).unwrap()),
-        edit(&mut an, |d| model::add_finding(d, "f1", &finding("u-an")).unwrap()),
-        edit(&mut an, |d| model::splice_finding_note(d, "f1", 0, 3, "Đã").unwrap()),
+        edit(&mut an, |d| {
+            model::set_answer(d, "A1", &answer("u-an")).unwrap()
+        }),
+        edit(&mut an, |d| {
+            model::add_finding(d, "f1", &finding("u-an")).unwrap()
+        }),
+        edit(&mut an, |d| {
+            model::splice_finding_note(d, "f1", 0, 3, "Đã").unwrap()
+        }),
         edit(&mut an, |d| model::add_photo(d, &photo("u-an")).unwrap()),
         edit(&mut an, |d| model::add_finding_photo(d, "f1", SHA).unwrap()),
         edit(&mut an, |d| model::delete_finding(d, "f1").unwrap()),
@@ -193,7 +199,8 @@ fn by_written_as_text_is_checked_too() {
             let answers = d.get(ROOT, "answers").unwrap().unwrap().1;
             let a = d.put_object(&answers, "A1", ObjType::Map).unwrap();
             d.put(&a, "value", "yes").unwrap();
-            d.put(&a, "at", automerge::ScalarValue::Timestamp(T0)).unwrap();
+            d.put(&a, "at", automerge::ScalarValue::Timestamp(T0))
+                .unwrap();
             let t = d.put_object(&a, "by", ObjType::Text).unwrap();
             if reversed {
                 // Characters inserted back to front: the text still reads
@@ -306,7 +313,10 @@ fn entries_are_never_deleted_or_replaced() {
         d.put(&p, "caption", "khác").unwrap();
     })
     .unwrap_err();
-    assert_eq!(rules(&v), [(Rule::Immutable, &*format!("photos/{SHA}/caption"))]);
+    assert_eq!(
+        rules(&v),
+        [(Rule::Immutable, &*format!("photos/{SHA}/caption"))]
+    );
 }
 
 fn model_obj(d: &AutoCommit, path: &[&str]) -> automerge::ObjId {
@@ -349,7 +359,8 @@ fn records_are_written_once() {
     let (before, change) = edit(&mut binh, |d| {
         let f = model_obj(d, &["findings", "f1"]);
         d.put(&f, "by", "u-binh").unwrap();
-        d.put(&f, "at", automerge::ScalarValue::Timestamp(T0)).unwrap();
+        d.put(&f, "at", automerge::ScalarValue::Timestamp(T0))
+            .unwrap();
     });
     let v = check_change(&before, &change, &inspector("u-binh")).unwrap_err();
     assert_eq!(
@@ -379,7 +390,12 @@ fn only_the_team_lead_settles_a_conflict() {
     binh.commit();
     an.merge(&mut binh).unwrap();
     binh.merge(&mut an).unwrap();
-    assert_eq!(an.get_all(model_obj(&an, &["answers"]), "A1").unwrap().len(), 2);
+    assert_eq!(
+        an.get_all(model_obj(&an, &["answers"]), "A1")
+            .unwrap()
+            .len(),
+        2
+    );
 
     let (before, change) = edit(&mut binh, |d| {
         model::set_answer(d, "A1", &answer("u-binh")).unwrap()
@@ -404,7 +420,9 @@ fn roles_write_only_what_they_own_and_no_one_creates_documents() {
         [(Rule::Owner, "answers/A1")]
     );
     // The header is the server's: written through the API, which checks it.
-    let (before, change) = edit(&mut unit, |d| model::set_scheduled_date(d, "1900-01-01").unwrap());
+    let (before, change) = edit(&mut unit, |d| {
+        model::set_scheduled_date(d, "1900-01-01").unwrap()
+    });
     assert_eq!(
         rules(
             &check_change(&before, &change, &author("u-thu", Role::Secretariat, false))
@@ -414,7 +432,9 @@ fn roles_write_only_what_they_own_and_no_one_creates_documents() {
     );
     // A document without kind is a creation: never through sync.
     let mut fresh = replica("office");
-    let (before, change) = edit(&mut fresh, |d| model::init_inspection(d, &header()).unwrap());
+    let (before, change) = edit(&mut fresh, |d| {
+        model::init_inspection(d, &header()).unwrap()
+    });
     assert_eq!(
         rules(
             &check_change(&before, &change, &author("u-thu", Role::Secretariat, false))
@@ -459,7 +479,9 @@ fn an_actor_belongs_to_the_first_user_and_device_it_wrote_for() {
         model::set_answer(d, "A2", &answer("u-binh")).unwrap()
     });
     let binh = peer("u-binh", Role::Inspector, "dev-binh");
-    let v = rules_.check_change(&binh, &id, &before, &forged).unwrap_err();
+    let v = rules_
+        .check_change(&binh, &id, &before, &forged)
+        .unwrap_err();
     assert_eq!(rules(&v), [(Rule::Actor, "")]);
     // The same user on another device may not either.
     let other_device = peer("u-an", Role::Inspector, "dev-other");
@@ -480,7 +502,10 @@ fn an_actor_belongs_to_the_first_user_and_device_it_wrote_for() {
         model::set_answer(d, "A1", &answer("u-an")).unwrap()
     });
     assert_eq!(
-        rules_.check_change(&an_peer, &id, &before, &change).unwrap_err()[0].rule,
+        rules_
+            .check_change(&an_peer, &id, &before, &change)
+            .unwrap_err()[0]
+            .rule,
         Rule::Actor
     );
 }
@@ -511,11 +536,15 @@ fn intake_keeps_the_good_changes_and_refuses_the_bad_ones_with_their_dependents(
     let result = intake(&rules_, &who, &id, &before, changes.clone());
     assert_eq!(result.accepted.len(), 2, "{:?}", result.violations);
     assert_eq!(result.refused.len(), 2);
-    let by_rule: BTreeMap<Rule, usize> = result.violations.iter().fold(BTreeMap::new(), |mut m, v| {
-        *m.entry(v.rule).or_default() += 1;
-        m
-    });
-    assert_eq!(by_rule, BTreeMap::from([(Rule::Author, 1), (Rule::Depends, 1)]));
+    let by_rule: BTreeMap<Rule, usize> =
+        result.violations.iter().fold(BTreeMap::new(), |mut m, v| {
+            *m.entry(v.rule).or_default() += 1;
+            m
+        });
+    assert_eq!(
+        by_rule,
+        BTreeMap::from([(Rule::Author, 1), (Rule::Depends, 1)])
+    );
     let answers = model_obj_ro(&result.doc, &["answers"]);
     let keys: Vec<String> = result.doc.keys(&answers).collect();
     assert_eq!(keys, ["A1", "B8"]);
@@ -549,7 +578,8 @@ fn schema_problems_are_blamed_on_the_change_that_caused_them() {
     let a = an.put_object(&answers, "Z99", ObjType::Map).unwrap();
     an.put(&a, "value", "yes").unwrap();
     an.put(&a, "by", "u-an").unwrap();
-    an.put(&a, "at", automerge::ScalarValue::Timestamp(T0)).unwrap();
+    an.put(&a, "at", automerge::ScalarValue::Timestamp(T0))
+        .unwrap();
     an.commit();
     // …and a valid one, concurrently.
     let mut side = fork(&mut doc, "tablet-an-2");
@@ -599,10 +629,14 @@ fn units_answer_their_actions_as_themselves() {
         by: by.into(),
         at: 253_402_300_799_000, // year 9999: shown, never trusted
     };
-    let (before, change) = edit(&mut unit, |d| model::respond_action(d, "r1", &response("u-unit")).unwrap());
+    let (before, change) = edit(&mut unit, |d| {
+        model::respond_action(d, "r1", &response("u-unit")).unwrap()
+    });
     let unit_author = author("u-unit", Role::Unit, false);
     assert!(check_change(&before, &change, &unit_author).is_ok());
-    let (before, change) = edit(&mut unit, |d| model::respond_action(d, "r2", &response("u-thu")).unwrap());
+    let (before, change) = edit(&mut unit, |d| {
+        model::respond_action(d, "r2", &response("u-thu")).unwrap()
+    });
     assert_eq!(
         rules(&check_change(&before, &change, &unit_author).unwrap_err()),
         [(Rule::Author, "responses/r2/by")]

@@ -1065,15 +1065,16 @@ fn document_id() -> impl Strategy<Value = DocumentId> {
 }
 
 fn detail() -> impl Strategy<Value = ErrorDetail> {
-    let violation = (id(), ".{0,40}", id(), id(), ".{0,60}").prop_map(
-        |(change, path, rule, role, reason)| WireViolation {
-            change,
-            path,
-            rule,
-            role,
-            reason,
-        },
-    );
+    let violation =
+        (id(), ".{0,40}", id(), id(), ".{0,60}").prop_map(|(change, path, rule, role, reason)| {
+            WireViolation {
+                change,
+                path,
+                rule,
+                role,
+                reason,
+            }
+        });
     (
         prop::option::of(document_id()),
         prop::option::of(id()),

@@ -4,9 +4,10 @@
 //! what it found). A crash found by `scripts/fuzz` is fixed, then its
 //! artifact is copied there so that it stays fixed.
 //!
-//! `write_hub_seeds` (ignored) records real sessions between client hubs and
-//! the fuzz target's server as `hub` seeds:
-//! `cargo test -p sync-core --test fuzz_regressions -- --ignored write_hub_seeds`.
+//! `hub_seed_sessions_record_and_replay` records real sessions between
+//! client hubs and the fuzz target's server and replays them through the
+//! target; after a protocol change, write them as the `hub` seeds with
+//! `KIEMTRA_WRITE_HUB_SEEDS=1 cargo test -p sync-core --test fuzz_regressions hub_seed_sessions`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, HashMap};
@@ -223,11 +224,15 @@ impl<A: Access> Recorder<A> {
         out
     }
 
+    /// Replays the recording through the target (it must pass without a
+    /// finding) and, when `KIEMTRA_WRITE_HUB_SEEDS` is set, writes it as a seed.
     fn write(&self, name: &str) {
+        fuzzing::hub(self.script.bytes());
+        if std::env::var_os("KIEMTRA_WRITE_HUB_SEEDS").is_none() {
+            return;
+        }
         let path = root().join("../fuzz/seeds/hub").join(name);
         std::fs::write(&path, self.script.bytes()).unwrap();
-        // The recording must replay through the target without a finding.
-        fuzzing::hub(self.script.bytes());
         eprintln!(
             "wrote {} ({} bytes)",
             path.display(),
@@ -251,8 +256,7 @@ fn edited(f: impl FnOnce(&mut automerge::transaction::Transaction<'_>)) -> Autom
 }
 
 #[test]
-#[ignore = "writes fuzz/seeds/hub; run by hand after a protocol change"]
-fn write_hub_seeds() {
+fn hub_seed_sessions_record_and_replay() {
     // Two clients, AllowAll: the first opens a stored document, edits it
     // and syncs the edit; the second opens it after; then time passes and
     // idle documents are unloaded.
@@ -371,4 +375,27 @@ fn write_hub_seeds() {
     let path = root().join("../fuzz/seeds/hub/every-operation.bin");
     std::fs::write(&path, s.bytes()).unwrap();
     fuzzing::hub(s.bytes());
+}
+
+/// Found by `codec`: a nested map with a fixed set of keys (`peerMetadata`,
+/// a `violations` entry, a `newHeads` value) was refused when it had more
+/// keys than `Limits::max_entries`, so our own encoding of a message did
+/// not decode under small limits. Such maps are bounded by
+/// `MAX_OBJECT_KEYS`, like the message map itself.
+#[test]
+fn fixed_schema_maps_are_not_bounded_by_max_entries() {
+    use sync_core::protocol::{Limits, Message, PeerMetadata, decode, encode};
+    let join = Message::Join {
+        sender_id: "p".into(),
+        supported_protocol_versions: vec!["1".into()],
+        peer_metadata: Some(PeerMetadata {
+            storage_id: Some("s".into()),
+            is_ephemeral: false,
+        }),
+    };
+    let limits = Limits {
+        max_entries: 1,
+        ..Limits::default()
+    };
+    assert_eq!(decode(&encode(&join), &limits), Ok(join));
 }

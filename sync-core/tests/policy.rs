@@ -120,10 +120,7 @@ fn creation_rights() {
 #[test]
 fn ownership_table() {
     use DocKind::*;
-    assert_eq!(
-        writable_paths(Inspection, Role::Secretariat),
-        ["review"]
-    );
+    assert_eq!(writable_paths(Inspection, Role::Secretariat), ["review"]);
     assert_eq!(
         writable_paths(Inspection, Role::Inspector),
         ["answers", "findings", "photos", "submissions"]
@@ -367,12 +364,22 @@ fn the_creator_may_lay_out_empty_sections_but_not_fill_them() {
     let created = doc.commit().unwrap();
     // Even the server lays out sections only as the creator of the
     // document; here it may also fill them (it owns every section)…
-    assert_eq!(check_changes(&empty, &snapshot(&mut doc), Role::Server), Ok(()));
+    assert_eq!(
+        check_changes(&empty, &snapshot(&mut doc), Role::Server),
+        Ok(())
+    );
     // …while anyone else is refused the creation and every section it filled.
     let v = check_changes(&empty, &snapshot(&mut doc), Role::Secretariat).unwrap_err();
     assert_eq!(
         paths(&v),
-        ["answers", "findings", "header", "kind", "photos", "submissions"]
+        [
+            "answers",
+            "findings",
+            "header",
+            "kind",
+            "photos",
+            "submissions"
+        ]
     );
     assert!(hashes(&v).iter().all(|h| *h == created));
 }

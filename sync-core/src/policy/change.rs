@@ -281,9 +281,10 @@ pub fn check_change(
                 Key::Map(k) => k.to_string(),
                 Key::Seq(_) => "-".to_owned(),
             };
-            locator
-                .made
-                .insert((start + i as u64, actor.clone()), (legacy_key(&op.obj), key));
+            locator.made.insert(
+                (start + i as u64, actor.clone()),
+                (legacy_key(&op.obj), key),
+            );
         }
     }
     let owned = writable_paths(kind, role);
@@ -317,9 +318,7 @@ pub fn check_change(
         {
             let follows = match &op.key {
                 Key::Seq(ElementId::Head) => by.after.is_none(),
-                Key::Seq(ElementId::Id(OpId(c, a))) => {
-                    by.after.as_ref() == Some(&(*c, a.clone()))
-                }
+                Key::Seq(ElementId::Id(OpId(c, a))) => by.after.as_ref() == Some(&(*c, a.clone())),
                 Key::Map(_) => false,
             };
             match (&op.action, op.insert && follows) {
@@ -592,12 +591,10 @@ impl Outcome {
 /// Whether `user_id` leads the team of the inspection `doc`
 /// (`header.members.<user_id>` is `"lead"`).
 pub fn is_lead(doc: &Automerge, user_id: &str) -> bool {
-    let Some((Value::Object(ObjType::Map), header)) = doc.get(ROOT, "header").ok().flatten()
-    else {
+    let Some((Value::Object(ObjType::Map), header)) = doc.get(ROOT, "header").ok().flatten() else {
         return false;
     };
-    let Some((Value::Object(ObjType::Map), members)) =
-        doc.get(&header, "members").ok().flatten()
+    let Some((Value::Object(ObjType::Map), members)) = doc.get(&header, "members").ok().flatten()
     else {
         return false;
     };

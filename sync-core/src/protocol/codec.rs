@@ -500,7 +500,11 @@ fn read_text<'b>(
 
 /// Reads a text string, keeping at most its first `max` bytes (cut at a
 /// character boundary); the rest is skipped without being copied.
-fn read_text_cut(d: &mut Decoder<'_>, field: &'static str, max: usize) -> Result<String, DecodeError> {
+fn read_text_cut(
+    d: &mut Decoder<'_>,
+    field: &'static str,
+    max: usize,
+) -> Result<String, DecodeError> {
     match value_type(d)? {
         Type::String => {
             let s = d.str().map_err(cbor_error)?;
@@ -680,7 +684,12 @@ fn skip_value(
                 return Err(DecodeError::TooDeep { max: MAX_DEPTH });
             }
             let len = d.map().map_err(cbor_error)?;
-            for_each_item(d, len, field, limits.max_entries, |d| {
+            // A map here may be one with a fixed set of keys (`peerMetadata`,
+            // a `newHeads` value, …), which may hold up to MAX_OBJECT_KEYS
+            // whatever `max_entries` says; the decoder of each known map
+            // applies its own bound afterwards.
+            let max = limits.max_entries.max(MAX_OBJECT_KEYS);
+            for_each_item(d, len, field, max, |d| {
                 skip_value(d, field, depth + 1, limits)?;
                 skip_value(d, field, depth + 1, limits)
             })

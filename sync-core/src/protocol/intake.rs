@@ -45,9 +45,7 @@ impl Intake {
 /// Splits the `changes` of a sync message into changes. Each item holds
 /// one or more automerge chunks back to back: change chunks (plain or
 /// compressed) or a whole document (whose changes are all returned).
-pub fn split_changes<'a>(
-    items: impl IntoIterator<Item = &'a [u8]>,
-) -> Result<Vec<Change>, String> {
+pub fn split_changes<'a>(items: impl IntoIterator<Item = &'a [u8]>) -> Result<Vec<Change>, String> {
     let mut out = Vec::new();
     for item in items {
         let mut rest = item;
@@ -185,9 +183,8 @@ pub fn intake<A: Access>(
             .unwrap_or_else(|_| Err(vec![unreadable(&change, access.role_of(who))]));
             match verdict {
                 Ok(check) => {
-                    let applied = catch_unwind(AssertUnwindSafe(|| {
-                        work.apply_changes([change.clone()])
-                    }));
+                    let applied =
+                        catch_unwind(AssertUnwindSafe(|| work.apply_changes([change.clone()])));
                     match applied {
                         Ok(Ok(())) => accepted.push((change, check)),
                         other => {

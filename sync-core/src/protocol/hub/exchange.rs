@@ -4,6 +4,53 @@
 use super::*;
 use crate::protocol::intake::{intake, split_changes};
 
+/// Most bits per entry and probes a peer's bloom filter may declare.
+/// automerge writes 10 and 7; its reader trusts whatever arrives, and
+/// `u32::MAX` probes make it allocate and loop for minutes on every change
+/// (0 bits per entry divides by zero).
+const MAX_BLOOM_PARAMETER: u64 = 64;
+
+/// Refuses `have` bloom filters whose parameters automerge would choke on.
+fn check_blooms(message: &sync::Message) -> Result<(), String> {
+    for have in &message.have {
+        let bytes = have.bloom.to_bytes();
+        if bytes.is_empty() {
+            continue;
+        }
+        let mut rest = &bytes[..];
+        let mut fields = [0u64; 3];
+        for field in &mut fields {
+            let mut value = 0u64;
+            let mut shift = 0;
+            loop {
+                let (&b, tail) = rest
+                    .split_first()
+                    .ok_or_else(|| "truncated bloom filter".to_owned())?;
+                rest = tail;
+                if shift > 35 {
+                    return Err("bad bloom filter".to_owned());
+                }
+                value |= u64::from(b & 0x7f) << shift;
+                shift += 7;
+                if b & 0x80 == 0 {
+                    break;
+                }
+            }
+            *field = value;
+        }
+        let [_, bits_per_entry, probes] = fields;
+        if !(1..=MAX_BLOOM_PARAMETER).contains(&bits_per_entry)
+            || !(1..=MAX_BLOOM_PARAMETER).contains(&probes)
+        {
+            return Err(format!(
+                "bloom filter with {bits_per_entry} bits per entry and {probes} probes \
+                 (each must be 1 to {MAX_BLOOM_PARAMETER})"
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl<A: Access> Hub<A> {
     pub(super) fn on_sync(
         &mut self,
@@ -225,6 +272,10 @@ impl<A: Access> Hub<A> {
                 return;
             }
         };
+        if let Err(e) = check_blooms(&message) {
+            self.abort_link(conn, &id, format!("malformed sync message: {e}"), fx);
+            return;
+        }
         let has_changes = !message.changes.is_empty();
         // Server: the changes are taken out of the message and judged one
         // by one; the message itself then only updates the sync state.
@@ -573,5 +624,49 @@ impl<A: Access> Hub<A> {
         for conn in conns {
             self.sync_out(conn, id, fx);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_bloom_filters_are_refused_before_automerge_reads_them() {
+        // `have` with one entry, 8 bits per entry and u32::MAX probes:
+        // automerge would allocate and loop for minutes per change.
+        let probes = [
+            0x42, 0, 0, 1, 0, 8, 1, 8, 0xff, 0xff, 0xff, 0xff, 0x0f, 0, 0,
+        ];
+        let m = sync::Message::decode(&probes).expect("automerge reads it");
+        let e = check_blooms(&m).expect_err("refused");
+        assert!(e.contains("4294967295 probes"), "{e}");
+        assert!(e.contains("1 to 64"), "{e}");
+        // 0 bits per entry (automerge divides by zero).
+        let zero = [0x42, 0, 0, 1, 0, 5, 1, 0, 7, 0, 0];
+        if let Ok(m) = sync::Message::decode(&zero) {
+            assert!(
+                check_blooms(&m)
+                    .expect_err("refused")
+                    .contains("0 bits per entry")
+            );
+        }
+        // What automerge itself sends passes.
+        let mut doc = Automerge::new();
+        let mut tx = doc.transaction();
+        automerge::transaction::Transactable::put(&mut tx, automerge::ROOT, "k", 1).expect("put");
+        tx.commit();
+        let mut state = sync::State::new();
+        state.shared_heads = doc.get_heads();
+        let msg = doc.generate_sync_message(&mut state).expect("a message");
+        assert_eq!(check_blooms(&msg), Ok(()));
+        let mut peer = Automerge::new();
+        let mut peer_state = sync::State::new();
+        peer.receive_sync_message(&mut peer_state, msg)
+            .expect("received");
+        let reply = peer
+            .generate_sync_message(&mut peer_state)
+            .expect("a reply");
+        assert_eq!(check_blooms(&reply), Ok(()));
     }
 }

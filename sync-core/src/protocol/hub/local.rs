@@ -218,7 +218,8 @@ impl<A: Access> Hub<A> {
                 // a bare acknowledgement gets no answer.
                 let converged =
                     link.sync.their_heads.as_deref() == Some(&entry.doc.get_heads()[..]);
-                if !link.blocked && !link.refused
+                if !link.blocked
+                    && !link.refused
                     && !converged
                     && entry.pending.is_empty()
                     && now.saturating_sub(link.last_heard) > self.config.resend_after_ms

@@ -33,26 +33,25 @@
 //! let mut server = Hub::new(HubConfig::new(Mode::Server, "server"), AllowAll);
 //! let mut client = Hub::new(HubConfig::new(Mode::Client, "tablet-1"), AllowAll);
 //!
-//! // The tablet edits a document locally.
+//! // The server creates a document (the API does this for a real server).
 //! let id = DocumentId::from_bytes([1; 16]);
 //! let mut doc = automerge::Automerge::new();
 //! doc.transact(|tx| tx.put(ROOT, "title", "Ba Đình")).unwrap();
-//! let mut fx = client.insert_document(id, doc, 0);
+//! let mut fx = server.insert_document(id, doc, 0);
 //! for s in std::mem::take(&mut fx.store) {
-//!     client.committed(s.ticket, 0); // the tablet's store wrote it
+//!     server.committed(s.ticket, 0); // the server's store wrote it
 //! }
 //!
-//! // Connection 1 on both sides; the client speaks first (join).
+//! // Connection 1 on both sides; the client speaks first (join) and asks
+//! // for the document.
 //! let mut to_server = client.connect(1, (), 0).outgoing;
 //! server.connect(1, (), 0);
 //! let mut to_client = Vec::new();
-//! while !to_server.is_empty() || !to_client.is_empty() {
+//! let mut asked = false;
+//! let mut edited = false;
+//! while !to_server.is_empty() || !to_client.is_empty() || !asked || !edited {
 //!     for frame in std::mem::take(&mut to_server) {
 //!         let mut fx = server.receive(1, &frame.bytes, 0);
-//!         for id in std::mem::take(&mut fx.load) {
-//!             // A real server looks in its storage; this one has nothing.
-//!             fx.merge(server.loaded(id, None, 0));
-//!         }
 //!         for s in std::mem::take(&mut fx.store) {
 //!             // A real server writes s.changes to SQLite first.
 //!             fx.merge(server.committed(s.ticket, 0));
@@ -66,9 +65,24 @@
 //!         }
 //!         to_server.extend(fx.outgoing);
 //!     }
+//!     if !asked && client.is_ready(1) {
+//!         asked = true;
+//!         to_server.extend(client.want(id, 0).outgoing);
+//!     } else if asked && !edited && client.document(&id).is_some() {
+//!         // The tablet edits its copy; the change goes to the server.
+//!         edited = true;
+//!         let ((), mut fx) = client
+//!             .update(&id, 0, |d| d.transact(|tx| tx.put(ROOT, "visited", true)).map(|_| ()))
+//!             .unwrap();
+//!         for s in std::mem::take(&mut fx.store) {
+//!             fx.merge(client.committed(s.ticket, 0));
+//!         }
+//!         to_server.extend(fx.outgoing);
+//!     }
 //! }
 //! let copy = server.document(&id).unwrap();
-//! assert_eq!(copy.get(ROOT, "title").unwrap().unwrap().0.to_str(), Some("Ba Đình"));
+//! assert_eq!(copy.get(ROOT, "visited").unwrap().unwrap().0.to_bool(), Some(true));
+//! assert_eq!(client.document(&id).unwrap().get_heads(), copy.get_heads());
 //! ```
 
 use std::collections::{BTreeMap, HashMap};
@@ -80,8 +94,7 @@ use automerge::{ActorId, Automerge, Change, ChangeHash};
 
 use super::codec;
 use super::message::{
-    ErrorCode, ErrorDetail, Limits, Message, PROTOCOL_V1, PeerMetadata, WireViolation,
-    truncate_to,
+    ErrorCode, ErrorDetail, Limits, Message, PROTOCOL_V1, PeerMetadata, WireViolation, truncate_to,
 };
 use crate::ids::DocumentId;
 use crate::policy::{ChangeCheck, Role, Violation};
@@ -185,7 +198,10 @@ impl Refusal {
             self.accepted
         );
         if let Some(v) = first {
-            text.push_str(&format!(": {} may not write {}: {}", v.role, v.path, v.reason));
+            text.push_str(&format!(
+                ": {} may not write {}: {}",
+                v.role, v.path, v.reason
+            ));
             if self.violations.len() > 1 {
                 text.push_str(&format!(" (and {} more)", self.violations.len() - 1));
             }
@@ -677,7 +693,6 @@ impl<A: Access> Hub<A> {
         })
     }
 }
-
 
 /// Why [`Hub::update`] did nothing.
 #[derive(Debug, thiserror::Error)]
