@@ -615,12 +615,7 @@ impl<A: Access> Hub<A> {
 
     /// Sends whatever each exchange about `id` has to send.
     pub(super) fn sync_all(&mut self, id: DocumentId, fx: &mut Effects) {
-        let conns: Vec<ConnId> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.links.contains_key(&id))
-            .map(|(k, _)| *k)
-            .collect();
+        let conns = self.linked_conns(&id);
         for conn in conns {
             self.sync_out(conn, id, fx);
         }

@@ -45,12 +45,7 @@ impl<A: Access> Hub<A> {
         };
         self.docs.remove(&id);
         self.tickets.retain(|_, d| *d != id);
-        let conns: Vec<ConnId> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.links.contains_key(&id))
-            .map(|(k, _)| *k)
-            .collect();
+        let conns = self.linked_conns(&id);
         for conn in conns {
             self.doc_error(
                 &mut fx,

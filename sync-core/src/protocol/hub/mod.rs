@@ -656,6 +656,15 @@ impl<A: Access> Hub<A> {
         }
     }
 
+    /// The connections that have an exchange about `id` open.
+    fn linked_conns(&self, id: &DocumentId) -> Vec<ConnId> {
+        self.conns
+            .iter()
+            .filter(|(_, c)| c.links.contains_key(id))
+            .map(|(k, _)| *k)
+            .collect()
+    }
+
     /// Where the peer on `conn` stands on document `id` (None if that
     /// exchange is not open).
     pub fn peer_state(&self, conn: ConnId, id: &DocumentId) -> Option<PeerDocState> {
